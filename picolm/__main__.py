@@ -1,0 +1,3 @@
+from picolm.cli import main
+
+raise SystemExit(main())

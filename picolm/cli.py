@@ -1,0 +1,283 @@
+"""`picolm <verb>`: the command line. Bad input exits with status 2 and one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from picolm.errors import PicolmError
+
+VERBS_HELP = "prepare data, train, evaluate, generate, or run the whole quickstart"
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="picolm", formatter_class=Formatter,
+                                     description="picolm: a small-language-model lab. Tokenize, pretrain, "
+                                                 "evaluate and sample small language models.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", help=VERBS_HELP)
+
+    p = verbs.add_parser("prepare", formatter_class=Formatter, help="build a data directory (tokens + tokenizer)",
+                         description="Read a source, train or load a tokenizer, and write train/val/test token "
+                                     "files, meta.json and tokenizer/ into --out.")
+    p.add_argument("--source", required=True,
+                   help="numeric | stories | tinystories | wikitext-103 | openwebtext | fineweb | "
+                        "PATH.txt | PATH.jsonl[:field] | PATH.parquet[:field]")
+    p.add_argument("--out", required=True, help="data directory to write")
+    p.add_argument("--tokenizer", choices=["bpe", "char", "numeric", "gpt2"], default=None,
+                   help="default: numeric for --source numeric, else a byte-level BPE trained here")
+    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (32768 suits web-scale text)")
+    p.add_argument("--limit", type=int, default=None, help="use at most N documents (per split for hub sources)")
+    p.add_argument("--subset-ratio", type=float, default=None, help="use this fraction of the documents")
+    p.add_argument("--split-ratios", default="0.8,0.1,0.1", help="train,val,test fractions")
+    p.add_argument("--ignore-source-splits", action="store_true",
+                   help="re-split by --split-ratios even when the source has its own splits")
+    p.add_argument("--seed", type=int, default=0, help="seed for generation and splitting")
+    p.add_argument("--num-sequences", type=int, default=None,
+                   help="built-in sources: how many sequences or stories (default 20000 numeric, ~13000 stories)")
+    p.add_argument("--min-length", type=int, default=None, help="numeric: shortest sequence (default 8)")
+    p.add_argument("--max-length", type=int, default=None, help="numeric: longest sequence (default 16)")
+    p.add_argument("--max-value", type=int, default=None, help="numeric: largest value (default 99)")
+    p.add_argument("--hub-dir", default=None,
+                   help="hub sources: load this local copy (same files and schema) instead of the hub")
+
+    p = verbs.add_parser("train", formatter_class=Formatter, help="train a model into a run directory",
+                         description="Train from defaults, a YAML recipe and dotted overrides, e.g.\n"
+                                     "  picolm train recipes/stories-tiny.yaml --data data/stories --out runs/a "
+                                     "--model.n_layer 4 --train.lr 1e-3\n"
+                                     "Any field of the model, data, train and log sections can be set as "
+                                     "--section.field VALUE (see docs/ARCHITECTURE.md or a run's config.yaml).")
+    p.add_argument("recipe", nargs="?", help="YAML recipe (sections model, data, train, log)")
+    p.add_argument("--data", help="data directory from `picolm prepare` (same as --data.path)")
+    p.add_argument("--out", help="run directory (default runs/<data>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--log", default=None, help="extra trackers: tensorboard, wandb or both (comma-separated)")
+    p.add_argument("--wandb-project", default=None, help="W&B project (default picolm)")
+    p.add_argument("--wandb-run-name", default=None, help="W&B run name (default: the run directory's name)")
+
+    p = verbs.add_parser("eval", formatter_class=Formatter, help="evaluate a run or checkpoint",
+                         description="Loss, perplexity and next-token accuracy on a split (per sequence kind for "
+                                     "numeric data).")
+    p.add_argument("target", help="run directory (best checkpoint) or checkpoint file")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data", default=None, help="data directory (default: the one the run trained on)")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the metrics as JSON here")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-windows", type=int, default=None, help="evaluate at most N windows (default: all)")
+    p.add_argument("--device", default="auto")
+
+    p = verbs.add_parser("generate", formatter_class=Formatter, help="sample text from a model",
+                         description="Greedy decoding at --temperature 0, else sampling with optional top-k/top-p.")
+    p.add_argument("target", help="run directory (best checkpoint) or checkpoint file")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--device", default="auto")
+
+    p = verbs.add_parser("quickstart", formatter_class=Formatter, help="the main job on built-in data",
+                         description="Generate the built-in story corpus, train a BPE tokenizer and a tiny "
+                                     "model for a few minutes, evaluate it and print samples.")
+    p.add_argument("--out", default="runs/quickstart", help="folder for the data and the run")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps instead")
+    return parser
+
+
+def _dotted_overrides(extra: list[str]) -> dict[str, str]:
+    """Parse `--section.key value` / `--section.key=value` pairs left over by argparse."""
+    overrides, i = {}, 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or "." not in token:
+            raise PicolmError(f"unrecognised argument {token!r} (settings look like --train.lr 1e-3)")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(extra):
+                raise PicolmError("missing value", field=key)
+            value, i = extra[i + 1], i + 1
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
+def cmd_prepare(args) -> int:
+    from picolm.data.pack import PrepareOptions, prepare
+
+    try:
+        ratios = tuple(float(x) for x in args.split_ratios.split(","))
+    except ValueError:
+        raise PicolmError(f"expected three numbers like 0.8,0.1,0.1, got {args.split_ratios!r}",
+                          field="--split-ratios") from None
+    if len(ratios) != 3:
+        raise PicolmError("expected three fractions: train,val,test", field="--split-ratios")
+    options = PrepareOptions(source=args.source, out=args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                             limit=args.limit, subset_ratio=args.subset_ratio, split_ratios=ratios,
+                             use_source_splits=not args.ignore_source_splits, seed=args.seed,
+                             num_sequences=args.num_sequences, min_length=args.min_length,
+                             max_length=args.max_length, max_value=args.max_value, hub_dir=args.hub_dir)
+    meta = prepare(options)
+    print(f"wrote {args.out} (vocab {meta['vocab_size']}, {meta['encode_tokens_per_second']:,} tokens/s encoding)")
+    return 0
+
+
+def _train_config(args, extra: list[str]):
+    from picolm.config import build_config, load_config
+
+    overrides = _dotted_overrides(extra)
+    if args.data:
+        overrides["data.path"] = args.data
+    if args.log:
+        overrides["log.backends"] = args.log
+    if args.wandb_project:
+        overrides["log.project"] = args.wandb_project
+    if args.wandb_run_name:
+        overrides["log.run_name"] = args.wandb_run_name
+    if not args.resume:
+        config = build_config(args.recipe, overrides)
+        if not config.data.path:
+            raise PicolmError("no data: pass --data DATA_DIR (from `picolm prepare`)", field="--data")
+        return config, Path(args.out or f"runs/{Path(config.data.path).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise PicolmError("not a run directory (no config.yaml)", path=run_dir)
+    if args.recipe or args.out:
+        raise PicolmError("--resume continues a run as it was configured; pass no recipe or --out")
+    config = load_config(run_dir / "config.yaml")
+    saved = config.to_dict()
+    for key, value in overrides.items():
+        section = key.partition(".")[0]
+        if section in ("model", "data") and str(saved.get(section, {}).get(key.partition(".")[2])) != str(value):
+            raise PicolmError(f"cannot change {key} when resuming (the run has "
+                              f"{saved.get(section, {}).get(key.partition('.')[2])!r})", field=key)
+    from picolm.config import apply_overrides
+
+    apply_overrides(config, overrides)
+    config.validate()
+    return config, run_dir
+
+
+def finish_run(trainer, result) -> None:
+    """Plots and samples for a finished run, then a short summary."""
+    from picolm.analysis.curves import plot_loss
+    from picolm.eval.samples import write_samples
+    from picolm.train.tracking import read_metrics
+
+    run_dir = result.run_dir
+    plot_loss(read_metrics(run_dir), run_dir / "plots" / "loss.png", title=f"{run_dir.name}: loss")
+    t = trainer.config.train
+    samples = write_samples(trainer.model, trainer.tokenizer, trainer.val_tokens, run_dir / "samples.txt",
+                            count=t.num_samples, max_new_tokens=t.sample_tokens, device=trainer.device)
+    metrics = result.final_metrics
+    print(f"\nstopped ({result.stop_reason}) at step {result.global_step}: val loss {metrics['val/loss']:.4f}, "
+          f"perplexity {metrics['val/perplexity']:.2f}, accuracy {metrics['val/accuracy']:.3f}")
+    if samples:
+        print("\n" + samples[0])
+    print(f"run directory: {run_dir}")
+
+
+def cmd_train(args, extra: list[str]) -> int:
+    from picolm.train.trainer import Trainer
+
+    config, run_dir = _train_config(args, extra)
+    trainer = Trainer(config, run_dir, resume=bool(args.resume))
+    n_params = trainer.model.num_params()
+    print(f"model: {n_params / 1e6:.2f}M parameters on {trainer.device}"
+          f"{' with ' + str(trainer.autocast_dtype).replace('torch.', '') + ' autocast' if trainer.autocast_dtype else ''}"
+          f"; run directory {run_dir}")
+    result = trainer.fit()
+    finish_run(trainer, result)
+    return 130 if result.stop_reason == "interrupted" else 0
+
+
+def _format_metrics(metrics: dict) -> str:
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
+                     for k, v in metrics.items())
+
+
+def cmd_eval(args) -> int:
+    from picolm.data.pack import load_meta
+    from picolm.eval.lm import evaluate_tokens, load_split
+    from picolm.models.loading import load_model
+    from picolm.train.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    loaded = load_model(args.target, device=device)
+    data_dir = args.data or loaded.checkpoint["train_config"]["data"]["path"]
+    meta = load_meta(data_dir)
+    tokens, kinds = load_split(data_dir, args.split)
+    if meta["vocab_size"] > loaded.model.config.vocab_size:
+        raise PicolmError(f"the data's vocabulary ({meta['vocab_size']}) is larger than the model's "
+                          f"({loaded.model.config.vocab_size})", path=data_dir)
+    metrics = evaluate_tokens(loaded.model, tokens, loaded.model.config.block_size, batch_size=args.batch_size,
+                              max_windows=args.max_windows, kinds=kinds, kind_names=meta.get("kinds"),
+                              eos_id=loaded.tokenizer.eos_id, device=device)
+    result = {"checkpoint": str(loaded.path), "split": args.split, **metrics}
+    print(_format_metrics(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from picolm.generate import generate
+    from picolm.models.loading import load_model
+    from picolm.train.trainer import resolve_device
+
+    if args.max_new_tokens <= 0:
+        raise PicolmError("must be a positive number of tokens", field="--max-new-tokens")
+    device = resolve_device(args.device)
+    loaded = load_model(args.target, device=device)
+    tokenizer = loaded.tokenizer
+    prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eos_id]
+    block_size = loaded.model.config.block_size
+    if len(prompt) >= block_size:
+        print(f"note: the prompt has {len(prompt)} tokens; keeping its last {block_size - 1}", file=sys.stderr)
+        prompt = prompt[-(block_size - 1):]
+    for i in range(args.num_samples):
+        new = generate(loaded.model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, eos_id=tokenizer.eos_id, seed=args.seed + i, device=device)
+        print(args.prompt + tokenizer.decode(new) if args.prompt else tokenizer.decode(new))
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from picolm.quickstart import run_quickstart
+
+    run_quickstart(Path(args.out), device=args.device, minutes=args.minutes, max_steps=args.max_steps)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    if extra and args.verb != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.verb == "train":
+            return cmd_train(args, extra)
+        return {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate,
+                "quickstart": cmd_quickstart}[args.verb](args)
+    except PicolmError as exc:
+        if args.debug:
+            raise
+        print(f"picolm {args.verb}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"picolm {args.verb}: interrupted", file=sys.stderr)
+        return 130

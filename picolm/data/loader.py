@@ -1,0 +1,77 @@
+"""Batches of (input, target) windows from a token file, resumable from a small state dict.
+
+Each epoch visits every non-overlapping window of `block_size + 1` tokens once, in an order drawn
+from (seed, epoch) and shifted by a per-epoch offset so window boundaries move between epochs. The
+state is just (epoch, cursor), so a resumed run reads exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from picolm.data.pack import read_tokens
+from picolm.errors import PicolmError
+
+
+class TokenWindows:
+    def __init__(self, path, block_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.path = path
+        self.tokens = read_tokens(path)
+        self.block_size = block_size
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        if len(self.tokens) < block_size + 2:
+            raise PicolmError(f"only {len(self.tokens)} tokens: fewer than one window of block_size={block_size}",
+                              path=path)
+        self.epoch = 0
+        self.cursor = 0
+        self._order = None
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return (len(self.tokens) - 1 - (self.block_size - 1)) // self.block_size
+
+    def _epoch_order(self) -> tuple[int, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        offset = int(torch.randint(0, self.block_size, (1,), generator=generator))
+        return offset, torch.randperm(self.windows_per_epoch, generator=generator)
+
+    def _window(self, start: int) -> np.ndarray:
+        return np.asarray(self.tokens[start:start + self.block_size + 1], dtype=np.int64)
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next `batch_size` windows of this rank; ranks read disjoint windows of one global order."""
+        rows = []
+        while len(rows) < batch_size:
+            if self._order is None:
+                self._order = self._epoch_order()
+            offset, order = self._order
+            index = self.cursor * self.world_size + self.rank
+            if index >= len(order):
+                self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
+                continue
+            rows.append(self._window(offset + int(order[index]) * self.block_size))
+            self.cursor += 1
+        batch = torch.from_numpy(np.stack(rows))
+        return batch[:, :-1], batch[:, 1:]
+
+    def epochs_done(self) -> float:
+        per_rank = self.windows_per_epoch / self.world_size
+        return self.epoch + self.cursor / per_rank
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self._order = int(state["epoch"]), int(state["cursor"]), None
+
+
+def eval_windows(tokens: np.ndarray, block_size: int, max_windows: int | None = None) -> list[int]:
+    """Start offsets of non-overlapping windows for evaluation, evenly spread when capped."""
+    count = (len(tokens) - 1) // block_size
+    if count == 0:
+        return []
+    if max_windows is None or max_windows >= count:
+        return [i * block_size for i in range(count)]
+    return [int(i) * block_size for i in np.linspace(0, count - 1, max_windows).round()]

@@ -1,0 +1,196 @@
+"""`picolm prepare`: records -> splits -> tokenizer -> train/val/test token files + meta.json.
+
+Token files carry a self-describing header (as llm.c's do): 256 int32 holding a magic number, the
+format version, the bytes per token and the token count, then the tokens as uint16 or uint32.
+Numeric data also gets `<split>.kind.bin`: one uint8 per token, the sequence kind it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from itertools import chain
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from picolm.data.sources import HUB_SOURCES, SourceData, load_source
+from picolm.errors import PicolmError
+from picolm.tokenizer import Tokenizer, char_tokenizer, gpt2_tokenizer, numeric_tokenizer, train_bpe
+
+MAGIC = 0x7069636F  # "pico"
+VERSION = 1
+HEADER_INTS = 256
+SPLITS = ("train", "val", "test")
+NO_KIND = 255
+ENCODE_BATCH = 4096
+
+
+@dataclass
+class PrepareOptions:
+    source: str
+    out: str
+    tokenizer: str | None = None  # bpe | char | numeric | gpt2; default by source
+    vocab_size: int = 4096
+    limit: int | None = None
+    subset_ratio: float | None = None
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    use_source_splits: bool = True
+    seed: int = 0
+    num_sequences: int | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    max_value: int | None = None
+    hub_dir: str | None = None
+
+
+def write_tokens(path: Path, tokens: np.ndarray) -> None:
+    header = np.zeros(HEADER_INTS, dtype=np.int32)
+    header[:5] = [MAGIC, VERSION, tokens.dtype.itemsize, len(tokens) & 0xFFFFFFFF, len(tokens) >> 32]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.tobytes())
+    os.replace(tmp, path)
+
+
+def read_tokens(path: str | Path) -> np.ndarray:
+    """A read-only memmap of a token file written by `write_tokens`."""
+    path = Path(path)
+    try:
+        header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    except FileNotFoundError:
+        raise PicolmError("no such token file (run `picolm prepare` first)", path=path) from None
+    if len(header) < HEADER_INTS or header[0] != MAGIC:
+        raise PicolmError("not a picolm token file (bad header)", path=path)
+    if header[1] != VERSION:
+        raise PicolmError(f"token file version {header[1]} is not supported (expected {VERSION})", path=path)
+    dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32}[int(header[2])]
+    count = int(np.uint32(header[3])) | (int(header[4]) << 32)
+    tokens = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
+    return tokens
+
+
+def split_records(data: SourceData, options: PrepareOptions) -> dict[str, list[dict]]:
+    """The source's own splits when it has them (val and test carved from one another if needed), else ratios."""
+    if options.use_source_splits and "train" in data.splits:
+        train, val, test = data.splits["train"], data.splits.get("validation", []), data.splits.get("test")
+        if test is None:
+            half = len(val) // 2
+            val, test = val[:half], val[half:]
+        return {"train": train, "val": val, "test": test}
+    records = [r for split in data.splits.values() for r in split]
+    random.Random(options.seed).shuffle(records)
+    ratios = options.split_ratios
+    if any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise PicolmError(f"split ratios {ratios} must be non-negative and sum to 1", field="--split-ratios")
+    n_val, n_test = (max(1, round(len(records) * r)) if r > 0 else 0 for r in ratios[1:])
+    if n_val + n_test >= len(records):
+        raise PicolmError(f"only {len(records)} documents: too few to split {ratios}", field="--split-ratios")
+    return {"val": records[:n_val], "test": records[n_val:n_val + n_test], "train": records[n_val + n_test:]}
+
+
+def subset(records: list[dict], options: PrepareOptions) -> list[dict]:
+    if options.subset_ratio is not None:
+        records = records[:max(1, int(len(records) * options.subset_ratio))]
+    if options.limit is not None:
+        records = records[:options.limit]
+    return records
+
+
+def build_tokenizer(kind: str, train: list[dict], options: PrepareOptions) -> Tokenizer:
+    if kind == "bpe":
+        return train_bpe((r["text"] for r in train), options.vocab_size)
+    if kind == "gpt2":
+        return gpt2_tokenizer()
+    if kind == "char":
+        return char_tokenizer(r["text"] for r in train)
+    if kind == "numeric":
+        values = [int(v) for r in train for v in r["text"].split()]
+        return numeric_tokenizer(max(options.max_value or 0, max(values)))
+    raise PicolmError(f"unknown tokenizer {kind!r} (bpe, char, numeric, gpt2)", field="--tokenizer")
+
+
+def encode_split(tokenizer: Tokenizer, records: list[dict], kinds: list[str] | None):
+    """Token ids with EOS after each document, and the per-token kind ids when records have kinds."""
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    pieces, kind_pieces = [], []
+    for start in range(0, len(records), ENCODE_BATCH):
+        batch = records[start:start + ENCODE_BATCH]
+        encoded = tokenizer.encode_batch([r["text"] for r in batch])
+        for ids in encoded:
+            ids.append(tokenizer.eos_id)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        pieces.append(np.fromiter(chain.from_iterable(encoded), dtype=dtype, count=int(lengths.sum())))
+        if kinds is not None:
+            doc_kinds = np.array([kinds.index(r["kind"]) for r in batch], dtype=np.uint8)
+            kind_pieces.append(np.repeat(doc_kinds, lengths))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+    return tokens, (np.concatenate(kind_pieces) if kinds is not None else None)
+
+
+def default_tokenizer(source: str) -> str:
+    return "numeric" if source == "numeric" else "bpe"
+
+
+def prepare(options: PrepareOptions, log=print) -> dict:
+    """Write a data directory; returns its meta.json contents."""
+    started = time.perf_counter()
+    out = Path(options.out)
+    source_options = {"num_sequences": options.num_sequences, "min_length": options.min_length,
+                      "max_length": options.max_length, "max_value": options.max_value, "seed": options.seed}
+    data = load_source(options.source, source_options, hub_dir=options.hub_dir, limit=options.limit)
+    data.splits = {name: subset(records, options) for name, records in data.splits.items()}
+    splits = split_records(data, options)
+    empty = [name for name in SPLITS if not splits[name]]
+    if empty:
+        raise PicolmError(f"the {'/'.join(empty)} split is empty; use more data or other --split-ratios",
+                          field=options.source)
+    kind = options.tokenizer or default_tokenizer(options.source)
+    tokenizer = build_tokenizer(kind, splits["train"], options)
+    kinds = sorted({r["kind"] for r in splits["train"]}) if data.has_kinds else None
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out / "tokenizer")
+    counts = {}
+    encode_seconds = 0.0
+    for name in SPLITS:
+        t0 = time.perf_counter()
+        tokens, kind_ids = encode_split(tokenizer, splits[name], kinds)
+        encode_seconds += time.perf_counter() - t0
+        write_tokens(out / f"{name}.bin", tokens)
+        if kind_ids is not None:
+            write_tokens(out / f"{name}.kind.bin", kind_ids)
+        counts[name] = {"documents": len(splits[name]), "tokens": int(len(tokens))}
+        log(f"{name}: {len(splits[name]):,} documents, {len(tokens):,} tokens")
+    meta = {
+        "source": options.source,
+        "hub_repo": HUB_SOURCES[options.source].repo if options.source in HUB_SOURCES else None,
+        "tokenizer": kind,
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32",
+        "eos_id": tokenizer.eos_id,
+        "splits": counts,
+        "split_ratios": None if "train" in data.splits and options.use_source_splits else list(options.split_ratios),
+        "seed": options.seed,
+        "kinds": kinds,
+        "options": {k: v for k, v in asdict(options).items() if k not in ("out",)},
+        "encode_tokens_per_second": round(sum(c["tokens"] for c in counts.values()) / max(encode_seconds, 1e-9)),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return meta
+
+
+def load_meta(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / "meta.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not Path(data_dir).is_dir():
+            raise PicolmError("no such data directory", path=data_dir) from None
+        raise PicolmError("not a data directory written by `picolm prepare` (no meta.json)", path=path) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PicolmError(f"unreadable ({exc})", path=path) from None

@@ -1,0 +1,20 @@
+"""The one error type for bad user input: the CLI prints it as one line and exits with status 2."""
+
+
+class PicolmError(Exception):
+    """A problem with the user's input (file, field, option) rather than a bug in picolm."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path=None, line: int | None = None, field: str | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        what = f"{field}: " if field else ""
+        super().__init__(f"{where}{what}{message}")
+
+
+class TrainingStopped(PicolmError):
+    """Training cannot go on (a NaN or infinite loss); the last good checkpoint is kept. Exit status 1."""
+
+    exit_code = 1

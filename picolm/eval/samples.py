@@ -1,0 +1,34 @@
+"""Sample continuations of held-out document openings, for a run's samples.txt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from picolm.generate import generate
+
+
+def document_openings(tokens: np.ndarray, eos_id: int, count: int, prompt_tokens: int) -> list[list[int]]:
+    """The first `prompt_tokens` tokens of the first `count` documents that are long enough."""
+    openings, start = [], 0
+    for end in np.flatnonzero(np.asarray(tokens[: 200_000]) == eos_id):
+        if end - start > prompt_tokens:
+            openings.append([int(t) for t in tokens[start:start + prompt_tokens]])
+            if len(openings) == count:
+                break
+        start = end + 1
+    return openings
+
+
+def write_samples(model, tokenizer, tokens: np.ndarray, path: str | Path, count: int = 4, max_new_tokens: int = 64,
+                  prompt_tokens: int = 4, temperature: float = 0.8, top_k: int = 50, seed: int = 0,
+                  device="cpu") -> list[str]:
+    """Write `count` prompt -> continuation samples; returns them."""
+    samples = []
+    for i, prompt in enumerate(document_openings(tokens, tokenizer.eos_id, count, prompt_tokens)):
+        new = generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                       eos_id=tokenizer.eos_id, seed=seed + i, device=device)
+        samples.append(f"[prompt] {tokenizer.decode(prompt)}\n[sample] {tokenizer.decode(prompt + new)}\n")
+    Path(path).write_text("\n".join(samples), encoding="utf-8")
+    return samples

@@ -1,0 +1,113 @@
+"""The decoder: token embeddings -> blocks of attention and MLP -> final norm -> head."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from picolm.config import ModelConfig
+from picolm.models.attention import build_attention
+from picolm.models.position import LearnedPosition, build_position
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP (Shazeer 2020) with the hidden size scaled by 2/3 to keep the parameter count."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64)
+        self.gate_up = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = build_attention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rotary=None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_1(x), rotary))
+        return x + self.dropout(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        if config.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set before building the model")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position = build_position(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self.grad_checkpointing = False
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # GPT-2: residual projections scaled by depth
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, exclude_position: bool = True) -> int:
+        """Parameters, counted once when tied; the position table is left out as in GPT-2's counts."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_position and isinstance(self.position, LearnedPosition):
+            n -= self.position.wpe.weight.numel()
+        return n
+
+    def hidden_states(self, idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """The final-norm hidden states (B, T, C) for token ids (B, T)."""
+        T = idx.shape[1]
+        if start_pos + T > self.config.block_size:
+            raise ValueError(f"sequence of {start_pos + T} tokens is longer than block_size={self.config.block_size}")
+        positions = torch.arange(start_pos, start_pos + T, device=idx.device)
+        x = self.wte(idx)
+        pos_emb = self.position.input_embedding(positions)
+        if pos_emb is not None:
+            x = x + pos_emb
+        x = self.drop(x)
+        rotary = self.position.rotary(positions)
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, rotary, use_reentrant=False)
+            else:
+                x = block(x, rotary)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T)."""
+        return self.lm_head(self.hidden_states(idx))

@@ -1,0 +1,56 @@
+"""Build a model from its config, or from any picolm checkpoint (the architecture is read from it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+
+from picolm.config import ModelConfig
+from picolm.errors import PicolmError
+from picolm.models.gpt import GPT
+from picolm.tokenizer import Tokenizer, tokenizer_from_dict
+from picolm.train.checkpoint import find_checkpoint, load_checkpoint
+
+ARCHITECTURES = {"gpt": GPT}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    return ARCHITECTURES[config.arch](config)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Tokenizer
+    checkpoint: dict
+    path: Path
+
+
+def model_config_from_checkpoint(state: dict, path) -> ModelConfig:
+    try:
+        return ModelConfig(**state["model_config"])
+    except TypeError as exc:
+        raise PicolmError(f"model_config does not fit this picolm ({exc})", path=path) from None
+
+
+def load_model(target: str | Path, device="cpu", prefer: str = "best") -> LoadedModel:
+    """A run directory (its best, else last, checkpoint) or a checkpoint file -> model in eval mode."""
+    path = find_checkpoint(target, prefer)
+    state = load_checkpoint(path)
+    if state["architecture"] not in ARCHITECTURES:
+        raise PicolmError(f"unknown architecture {state['architecture']!r}", path=path)
+    model = build_model(model_config_from_checkpoint(state, path))
+    model.load_state_dict(state["model_state_dict"])
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer_from_dict(state["tokenizer"]), state, path)
+
+
+def describe_mismatch(expected: ModelConfig, found: dict) -> str | None:
+    """The first field where a checkpoint's model config differs from the expected one."""
+    for name, value in asdict(expected).items():
+        if found.get(name) != value:
+            return f"model.{name} is {value!r} here but {found.get(name)!r} in the checkpoint"
+    return None
+

@@ -1,0 +1,79 @@
+"""Fused head projection + cross-entropy, computed in row chunks.
+
+The (tokens x vocab) logits never exist whole: each chunk's logits are made, reduced to loss and
+gradient while they are hot in cache, and dropped. On a CPU the full-size log-softmax, its backward and
+the zero-filled gradient buffer of `F.cross_entropy` cost about a quarter of a small model's step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MB in float32): big enough for efficient matmuls, far from the whole
+
+
+def _compute_dtype(device_type: str) -> torch.dtype | None:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_rows):
+        device_type = hidden.device.type
+        dtype = _compute_dtype(device_type) or hidden.dtype
+        acc_dtype = torch.promote_types(dtype, torch.float32)  # float32, or float64 for exact checks
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        valid = targets != IGNORE_INDEX
+        n_valid = valid.sum().clamp(min=1)
+        safe_targets = targets.clamp(min=0)
+        loss_sum = torch.zeros((), dtype=acc_dtype, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if needs_grad else None
+        w = weight.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk_rows):
+                h = hidden[start:start + chunk_rows].to(dtype)
+                t = safe_targets[start:start + chunk_rows]
+                mask = valid[start:start + chunk_rows]
+                logits = (h @ w.t()).to(acc_dtype)
+                lse = torch.logsumexp(logits, dim=-1)
+                target_logit = logits.gather(1, t[:, None]).squeeze(1)
+                loss_sum += ((lse - target_logit) * mask).sum()
+                correct += ((logits.argmax(dim=-1) == t) & mask).sum()
+                if needs_grad:
+                    probs = logits.sub_(lse[:, None]).exp_()
+                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                    probs.mul_((mask.to(acc_dtype) / n_valid)[:, None])
+                    probs = probs.to(dtype)
+                    grad_hidden[start:start + chunk_rows] = (probs @ w).to(hidden.dtype)
+                    if dtype == acc_dtype:
+                        grad_weight.addmm_(probs.t(), h)
+                    else:
+                        grad_weight += (probs.t() @ h).to(acc_dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(correct, n_valid)
+        return loss_sum / n_valid, correct, n_valid
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_correct, _grad_count):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        dh = grad_hidden * grad_loss.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        dw = (grad_weight * grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return dh, dw, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    """Mean cross-entropy of `hidden @ weight.T` against `targets` (IGNORE_INDEX skipped).
+
+    hidden: (..., C); weight: (V, C); targets: (...). Returns (loss, correct, counted): the mean loss,
+    the number of argmax hits and the number of counted targets.
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1)
+    chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows)

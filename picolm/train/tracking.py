@@ -1,0 +1,114 @@
+"""Metrics out: metrics.jsonl and metrics.csv always; TensorBoard and Weights & Biases when asked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from picolm.config import Config
+from picolm.errors import PicolmError
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def wandb_mode() -> str:
+    """Online when credentials are configured, else offline (a run `wandb sync` can upload later)."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    netrc = Path.home() / ".netrc"
+    has_netrc = netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    return "online" if os.environ.get("WANDB_API_KEY") or has_netrc else "offline"
+
+
+class Tracker:
+    """Writes rows `{"step": N, "train/loss": ...}`; a resumed run drops rows past its checkpoint."""
+
+    def __init__(self, run_dir: Path, config: Config, resume_step: int | None = None, enabled: bool = True):
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.rows = read_metrics(run_dir) if resume_step is not None else []
+        self.rows = [r for r in self.rows if r["step"] <= (resume_step or 0)]
+        self.backends = []
+        if not enabled:
+            return
+        self._rewrite_jsonl()
+        self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        if "tensorboard" in config.log.backends:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise PicolmError("--log tensorboard needs the tensorboard package (pip install tensorboard)") \
+                    from None
+            self.backends.append(TensorBoardBackend(SummaryWriter(str(run_dir / "tensorboard"))))
+        if "wandb" in config.log.backends:
+            self.backends.append(WandbBackend(run_dir, config, resume=resume_step is not None))
+
+    def _rewrite_jsonl(self) -> None:
+        with (self.run_dir / "metrics.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.rows)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.rows.append(row)
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        for backend in self.backends:
+            backend.log(step, metrics)
+
+    def write_csv(self) -> None:
+        if not self.enabled:
+            return
+        columns = ["step"] + sorted({k for r in self.rows for k in r} - {"step"})
+        tmp = self.run_dir / "metrics.csv.tmp"
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.run_dir / "metrics.csv")
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.write_csv()
+        self.jsonl.close()
+        for backend in self.backends:
+            backend.close()
+
+
+class TensorBoardBackend:
+    def __init__(self, writer):
+        self.writer = writer
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbBackend:
+    def __init__(self, run_dir: Path, config: Config, resume: bool):
+        try:
+            import wandb
+        except ImportError:
+            raise PicolmError("--log wandb needs the wandb package (pip install wandb)") from None
+        self.wandb = wandb
+        self.run = wandb.init(project=config.log.project, name=config.log.run_name or run_dir.name,
+                              config=config.to_dict(), dir=str(run_dir), mode=wandb_mode(),
+                              id=run_dir.name, resume="allow" if resume else None)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
