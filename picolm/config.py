@@ -235,6 +235,7 @@ def read_recipe(path: str | Path) -> tuple[dict[str, object], dict[str, dict]]:
         raise PicolmError("recipe is not UTF-8 text", path=path) from None
     try:
         root = yaml.compose(text)
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise PicolmError(f"not valid YAML ({getattr(exc, 'problem', exc)})", path=path,
@@ -243,6 +244,18 @@ def read_recipe(path: str | Path) -> tuple[dict[str, object], dict[str, dict]]:
     lines: dict[str, dict] = {}
     if root is None:
         return values, lines
+    if not isinstance(root, yaml.MappingNode):
+        raise PicolmError("a recipe is a mapping of sections (model, data, train, log)", path=path, line=1)
+    for key_node, section_node in root.value:
+        section = key_node.value
+        if not isinstance(section_node, yaml.MappingNode):
+            raise PicolmError("expected a mapping of fields", path=path, line=key_node.start_mark.line + 1,
+                              field=section)
+        for name_node, _ in section_node.value:
+            key = f"{section}.{name_node.value}"
+            values[key] = document[section][name_node.value]
+            lines[key] = {"path": path, "line": name_node.start_mark.line + 1}
+    return values, lines
     if not isinstance(root, yaml.MappingNode):
         raise PicolmError("a recipe is a mapping of sections (model, data, train, log)", path=path, line=1)
     for key_node, section_node in root.value:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from picolm.data.sources import HUB_SOURCES, SourceData, load_source
+from picolm.data.synthetic import NumericSpec
 from picolm.errors import PicolmError
 from picolm.tokenizer import Tokenizer, char_tokenizer, gpt2_tokenizer, numeric_tokenizer, train_bpe
 
@@ -68,10 +69,13 @@ def read_tokens(path: str | Path) -> np.ndarray:
         raise PicolmError("not a picolm token file (bad header)", path=path)
     if header[1] != VERSION:
         raise PicolmError(f"token file version {header[1]} is not supported (expected {VERSION})", path=path)
-    dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32}[int(header[2])]
+    dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32}.get(int(header[2]))
+    if dtype is None:
+        raise PicolmError(f"bad header: {header[2]} bytes per token", path=path)
     count = int(np.uint32(header[3])) | (int(header[4]) << 32)
-    tokens = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
-    return tokens
+    if path.stat().st_size < HEADER_INTS * 4 + count * np.dtype(dtype).itemsize:
+        raise PicolmError(f"truncated: the header promises {count:,} tokens", path=path)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
 
 
 def split_records(data: SourceData, options: PrepareOptions) -> dict[str, list[dict]]:
@@ -101,16 +105,22 @@ def subset(records: list[dict], options: PrepareOptions) -> list[dict]:
     return records
 
 
-def build_tokenizer(kind: str, train: list[dict], options: PrepareOptions) -> Tokenizer:
+def build_tokenizer(kind: str, splits: dict[str, list[dict]], options: PrepareOptions) -> Tokenizer:
+    """BPE learns from the train split only; symbol vocabularies cover every symbol in any split."""
     if kind == "bpe":
-        return train_bpe((r["text"] for r in train), options.vocab_size)
+        return train_bpe((r["text"] for r in splits["train"]), options.vocab_size)
     if kind == "gpt2":
         return gpt2_tokenizer()
+    every = [r for records in splits.values() for r in records]
     if kind == "char":
-        return char_tokenizer(r["text"] for r in train)
+        return char_tokenizer(r["text"] for r in every)
     if kind == "numeric":
-        values = [int(v) for r in train for v in r["text"].split()]
-        return numeric_tokenizer(max(options.max_value or 0, max(values)))
+        try:
+            values = [int(v) for r in every for v in r["text"].split()]
+        except ValueError as exc:
+            raise PicolmError(f"the numeric tokenizer reads whitespace-separated integers ({exc})",
+                              field="--tokenizer") from None
+        return numeric_tokenizer(max(options.max_value or NumericSpec.max_value, max(values)))
     raise PicolmError(f"unknown tokenizer {kind!r} (bpe, char, numeric, gpt2)", field="--tokenizer")
 
 
@@ -150,8 +160,8 @@ def prepare(options: PrepareOptions, log=print) -> dict:
         raise PicolmError(f"the {'/'.join(empty)} split is empty; use more data or other --split-ratios",
                           field=options.source)
     kind = options.tokenizer or default_tokenizer(options.source)
-    tokenizer = build_tokenizer(kind, splits["train"], options)
-    kinds = sorted({r["kind"] for r in splits["train"]}) if data.has_kinds else None
+    tokenizer = build_tokenizer(kind, splits, options)
+    kinds = sorted({r["kind"] for records in splits.values() for r in records}) if data.has_kinds else None
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / "tokenizer")
     counts = {}

@@ -46,6 +46,8 @@ HUB_SOURCES = {
 }
 BUILTIN_SOURCES = ("numeric", "stories")
 WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+BLANK_LINE = re.compile(r"\n[ \t]*\n")
+FIELD_SUFFIX = re.compile(r"^(?P<path>.+\.(?:jsonl|json|parquet)):(?P<field>[^/\\]+)$")
 
 
 def read_text_file(path: Path) -> Records:
@@ -54,12 +56,11 @@ def read_text_file(path: Path) -> Records:
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+                lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n"))
             except UnicodeDecodeError:
                 raise PicolmError("not UTF-8 text", path=path, line=number) from None
     if any(not line.strip() for line in lines):
-        blocks = "\n".join(lines).split("\n\n")
-        docs = [b.strip() for b in blocks]
+        docs = [b.strip() for b in BLANK_LINE.split("\n".join(lines))]
     else:
         docs = [line.strip() for line in lines]
     records = [{"text": d} for d in docs if d]
@@ -75,7 +76,7 @@ def read_jsonl_file(path: Path, text_field: str) -> Records:
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8"))
+                row = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
             except UnicodeDecodeError:
                 raise PicolmError("not UTF-8 text", path=path, line=number) from None
             except json.JSONDecodeError as exc:
@@ -109,8 +110,9 @@ def read_parquet_file(path: Path, text_field: str) -> Records:
 
 
 def _split_field(spec: str, default: str) -> tuple[Path, str]:
-    path, _, text_field = spec.partition(":") if re.search(r"\.(jsonl|parquet):", spec) else (spec, "", "")
-    return Path(path), text_field or default
+    """`data/x.jsonl:body` -> (data/x.jsonl, "body"); colons elsewhere in the path are kept."""
+    match = FIELD_SUFFIX.match(spec)
+    return (Path(match["path"]), match["field"]) if match else (Path(spec), default)
 
 
 def load_local(spec: str) -> SourceData:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from picolm.errors import PicolmError
+
 KINDS = ("counting", "arithmetic", "geometric", "alternating", "random_walk")
 DETERMINISTIC_KINDS = ("counting", "arithmetic", "alternating")
 
@@ -32,7 +34,7 @@ def _arithmetic(rng: random.Random, length: int, top: int) -> list[int]:
 
 def _geometric(rng: random.Random, length: int, top: int) -> list[int]:
     """Ratio 2 or 3 from a small start; as long as the value range allows (at least 3 terms)."""
-    ratio = rng.choice((2, 3))
+    ratio = rng.choice((2, 3)) if top >= 9 else 2
     start = rng.randint(1, max(1, top // ratio ** 2))
     seq = [start]
     while len(seq) < length and seq[-1] * ratio <= top:
@@ -59,7 +61,8 @@ GENERATORS = {"counting": _counting, "arithmetic": _arithmetic, "geometric": _ge
 def generate_numeric(spec: NumericSpec) -> list[dict]:
     """Records {"text": "3 5 7 9", "kind": "arithmetic"}, kinds in equal shares, deterministic for a seed."""
     if spec.max_value < 2 * spec.max_length or spec.min_length < 3 or spec.min_length > spec.max_length:
-        raise ValueError("numeric data needs 3 <= min_length <= max_length and max_value >= 2 * max_length")
+        raise PicolmError("numeric data needs 3 <= min_length <= max_length and max_value >= 2 * max_length",
+                          field="--max-value")
     rng = random.Random(spec.seed)
     records = []
     for i in range(spec.num_sequences):

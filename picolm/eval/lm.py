@@ -49,7 +49,10 @@ def evaluate_tokens(model, tokens: np.ndarray, block_size: int, batch_size: int 
             target_index = np.stack([np.arange(s + 1, s + block_size + 1) for s in starts[b:b + batch_size]])
             target_kind = kinds[target_index]
             is_number = rows[:, 1:] != eos_id
-            after_warmup = positions[target_index] >= WARMUP_NUMBERS
+            target_position = positions[target_index]
+            # the model saw the document's first numbers only if the document starts inside the window
+            in_view = target_position <= np.arange(1, block_size + 1)
+            after_warmup = (target_position >= WARMUP_NUMBERS) & in_view
             for k in np.unique(target_kind):
                 if k == NO_KIND:
                     continue

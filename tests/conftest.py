@@ -1,0 +1,21 @@
+"""Shared fixtures: Hugging Face libraries kept offline, with their caches under pytest's temporary folder."""
+
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def hf_offline(tmp_path_factory):
+    """`datasets` and `transformers` run offline and cache under a temporary folder (never ~/.cache)."""
+    cache = tmp_path_factory.mktemp("hf-cache")
+    patch = pytest.MonkeyPatch()
+    for name, value in {"HF_HOME": cache, "HF_DATASETS_CACHE": cache / "datasets", "HF_HUB_OFFLINE": "1",
+                        "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+        patch.setenv(name, str(value))
+    if "datasets" in sys.modules:  # imported before the environment was set: patch what it read
+        config = sys.modules["datasets"].config
+        patch.setattr(config, "HF_DATASETS_CACHE", cache / "datasets")
+        patch.setattr(config, "HF_HUB_OFFLINE", True)
+    yield cache
+    patch.undo()

@@ -1,0 +1,161 @@
+"""The GPT decoder against Hugging Face GPT-2 as an oracle, and its structural properties."""
+
+import pytest
+import torch
+
+from picolm.config import ModelConfig
+from picolm.models.gpt import GPT
+
+
+def small_config(**overrides) -> ModelConfig:
+    base = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, vocab_size=97)
+    return ModelConfig(**{**base, **overrides})
+
+
+def to_gpt2(model: GPT):
+    """The same weights in `transformers`' GPT2LMHeadModel (Conv1D stores weights transposed)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.block_size,
+                                    vocab_size=c.vocab_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                    layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0))
+    state = {"transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.position.wpe.weight,
+             "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": model.ln_f.bias,
+             "lm_head.weight": model.lm_head.weight}
+    for i, block in enumerate(model.blocks):
+        p = f"transformer.h.{i}."
+        state.update({
+            p + "ln_1.weight": block.ln_1.weight, p + "ln_1.bias": block.ln_1.bias,
+            p + "ln_2.weight": block.ln_2.weight, p + "ln_2.bias": block.ln_2.bias,
+            p + "attn.c_attn.weight": block.attn.qkv.weight.t(), p + "attn.c_attn.bias": block.attn.qkv.bias,
+            p + "attn.c_proj.weight": block.attn.proj.weight.t(), p + "attn.c_proj.bias": block.attn.proj.bias,
+            p + "mlp.c_fc.weight": block.mlp.fc.weight.t(), p + "mlp.c_fc.bias": block.mlp.fc.bias,
+            p + "mlp.c_proj.weight": block.mlp.proj.weight.t(), p + "mlp.c_proj.bias": block.mlp.proj.bias,
+        })
+    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=False)
+    assert not unexpected and all(".attn.bias" in k or "masked_bias" in k for k in missing)
+    return hf.eval()
+
+
+def randomised(model: GPT) -> GPT:
+    """Biases and norms away from their 0/1 initial values, so the oracle comparison checks them too."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def test_logits_match_transformers_gpt2():
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(position="learned")))
+    hf = to_gpt2(model)
+    idx = torch.randint(0, 97, (3, 32))
+    with torch.no_grad():
+        ours, theirs = model(idx), hf(idx).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_generation_matches_transformers():
+    from picolm.generate import generate
+
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(position="learned")))
+    hf = to_gpt2(model)
+    prompt = [5, 17, 42, 8]
+    ours = generate(model, prompt, max_new_tokens=20, temperature=0.0)
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, pad_token_id=0)[0, 4:]
+    assert ours == theirs.tolist()
+
+
+@pytest.mark.parametrize("position", ["learned", "rope", "none"])
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_causal_model_ignores_the_future(position, mlp):
+    torch.manual_seed(0)
+    model = GPT(small_config(position=position, mlp=mlp)).eval()
+    idx = torch.randint(0, 97, (2, 16))
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 97
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_bidirectional_model_sees_the_future():
+    torch.manual_seed(0)
+    model = GPT(small_config(causal=False)).eval()
+    idx = torch.randint(0, 97, (1, 16))
+    changed = idx.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % 97
+    with torch.no_grad():
+        assert not torch.allclose(model(idx)[:, 0], model(changed)[:, 0])
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    from picolm.models.position import RotaryPosition, apply_rotary
+
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    rope = RotaryPosition(ModelConfig(n_head=1, n_embd=8, block_size=64, vocab_size=10))
+
+    def score(i, j):
+        cos, sin = rope.rotary(torch.tensor([i, j]))
+        return (apply_rotary(q, cos[:1], sin[:1]) * apply_rotary(k, cos[1:], sin[1:])).sum()
+
+    assert torch.allclose(score(3, 7), score(20, 24), atol=1e-5)
+    assert not torch.allclose(score(3, 7), score(3, 9), atol=1e-3)
+
+
+def test_without_position_information_tokens_are_a_bag():
+    """With no positions and causal attention off, the output at a token ignores the order of the others."""
+    torch.manual_seed(0)
+    model = GPT(small_config(position="none", causal=False)).eval()
+    idx = torch.tensor([[1, 2, 3, 4, 5]])
+    permuted = torch.tensor([[1, 4, 2, 5, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0, 0], model(permuted)[0, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_weight_tying_and_parameter_count():
+    model = GPT(small_config())
+    assert model.lm_head.weight is model.wte.weight
+    untied = GPT(small_config(tie_weights=False))
+    assert untied.num_params() - model.num_params() == 97 * 32
+    assert model.num_params(exclude_position=False) - model.num_params() == 32 * 32
+
+
+def test_swiglu_keeps_the_parameter_budget():
+    gelu, swiglu = GPT(small_config(n_embd=96, n_head=4)), GPT(small_config(n_embd=96, n_head=4, mlp="swiglu"))
+    assert abs(swiglu.num_params() - gelu.num_params()) / gelu.num_params() < 0.05
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = GPT(small_config(position="rope"))
+    idx = torch.randint(0, 97, (2, 32))
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.grad_checkpointing = checkpointing
+        model(idx).logsumexp(-1).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_sequence_longer_than_the_position_table_is_refused():
+    model = GPT(small_config(block_size=8))
+    with pytest.raises(ValueError, match="block_size=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_presets_have_the_advertised_sizes():
+    from picolm.config import PRESETS
+
+    expected = {"small": 25e6, "medium": 50e6, "large": 85e6, "xl": 300e6}
+    for name, size in expected.items():
+        p = PRESETS[name]
+        non_embedding = 12 * p["n_layer"] * p["n_embd"] ** 2
+        assert abs(non_embedding - size) / size < 0.05, name
