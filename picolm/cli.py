@@ -95,21 +95,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dotted_overrides(extra: list[str]) -> dict[str, str]:
-    """Parse `--section.key value` / `--section.key=value` pairs left over by argparse."""
-    overrides, i = {}, 0
-    while i < len(extra):
-        token = extra[i]
-        if not token.startswith("--") or "." not in token:
-            raise PicolmError(f"unrecognised argument {token!r} (settings look like --train.lr 1e-3)")
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Take `--section.key value` / `--section.key=value` settings out of argv; return the rest and them."""
+    rest, overrides, i = [], {}, 0
+    while i < len(argv):
+        token = argv[i]
         key, eq, value = token[2:].partition("=")
+        if not (token.startswith("--") and "." in key):
+            rest.append(token)
+            i += 1
+            continue
         if not eq:
-            if i + 1 >= len(extra):
+            if i + 1 >= len(argv):
                 raise PicolmError("missing value", field=key)
-            value, i = extra[i + 1], i + 1
+            value = argv[i + 1]
+            i += 1
         overrides[key] = value
         i += 1
-    return overrides
+    return rest, overrides
 
 
 def cmd_prepare(args) -> int:
@@ -132,10 +135,9 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def _train_config(args, extra: list[str]):
+def _train_config(args, overrides: dict[str, str]):
     from picolm.config import build_config, load_config
 
-    overrides = _dotted_overrides(extra)
     if args.data:
         overrides["data.path"] = args.data
     if args.log:
@@ -187,10 +189,10 @@ def finish_run(trainer, result) -> None:
     print(f"run directory: {run_dir}")
 
 
-def cmd_train(args, extra: list[str]) -> int:
+def cmd_train(args, overrides: dict[str, str]) -> int:
     from picolm.train.trainer import Trainer
 
-    config, run_dir = _train_config(args, extra)
+    config, run_dir = _train_config(args, overrides)
     trainer = Trainer(config, run_dir, resume=bool(args.resume))
     n_params = trainer.model.num_params()
     print(f"model: {n_params / 1e6:.2f}M parameters on {trainer.device}"
@@ -262,15 +264,20 @@ def cmd_quickstart(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args, extra = parser.parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        argv, overrides = split_overrides(argv)
+    except PicolmError as exc:
+        parser.error(str(exc))
+    args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help()
         return 0
-    if extra and args.verb != "train":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides and args.verb != "train":
+        parser.error(f"settings such as --{next(iter(overrides))} apply to `picolm train` only")
     try:
         if args.verb == "train":
-            return cmd_train(args, extra)
+            return cmd_train(args, overrides)
         return {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate,
                 "quickstart": cmd_quickstart}[args.verb](args)
     except PicolmError as exc:

@@ -19,3 +19,13 @@ def hf_offline(tmp_path_factory):
         patch.setattr(config, "HF_HUB_OFFLINE", True)
     yield cache
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def numeric_data(tmp_path_factory):
+    """A small built-in numeric data directory (600 sequences), prepared once per session."""
+    from picolm.data.pack import PrepareOptions, prepare
+
+    out = tmp_path_factory.mktemp("numeric")
+    prepare(PrepareOptions(source="numeric", out=str(out), num_sequences=600), log=lambda *a: None)
+    return out

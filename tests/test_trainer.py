@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from picolm.config import build_config
-from picolm.data.pack import PrepareOptions, prepare
 from picolm.errors import PicolmError, TrainingStopped
 from picolm.train.checkpoint import load_checkpoint
 from picolm.train.optim import lr_factor, newton_schulz
@@ -19,13 +18,6 @@ from picolm.train.trainer import Trainer
 TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32,
         "train.batch_size": 8, "train.eval_every": 5, "train.eval_batches": 2, "train.log_every": 1,
         "train.lr": 3e-3, "train.warmup_steps": 2, "log.progress": False, "train.num_samples": 0}
-
-
-@pytest.fixture(scope="module")
-def numeric_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("numeric")
-    prepare(PrepareOptions(source="numeric", out=str(out), num_sequences=600), log=lambda *a: None)
-    return out
 
 
 def make_trainer(data, run_dir, resume=False, **overrides):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -283,6 +284,7 @@ class Trainer:
             if self.global_step % t.eval_every == 0 or (total is not None and self.global_step >= total):
                 val_metrics = self.evaluate()
                 tracker.log(self.global_step, val_metrics)
+                self._report(progress, val_metrics)
                 if self._after_eval(val_metrics):
                     return "early_stopping", val_metrics
                 window_start, tokens_in_window = time.perf_counter(), 0
@@ -309,4 +311,13 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(total=total, initial=self.global_step, unit="step", dynamic_ncols=True,
-                    disable=not self.config.log.progress, desc=self.run_dir.name)
+                    disable=not (self.config.log.progress and sys.stderr.isatty()), desc=self.run_dir.name)
+
+    def _report(self, progress, val_metrics: dict) -> None:
+        shown = ", ".join(f"{name[4:]} {val_metrics[name]:.4f}" for name in ("val/loss", "val/accuracy")
+                          if name in val_metrics)
+        line = f"step {self.global_step}: {shown}"
+        if not progress.disable:
+            progress.write(line)
+        elif self.config.log.progress:
+            self.log(line)

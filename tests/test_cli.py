@@ -1,0 +1,156 @@
+"""The command line as users and scripts see it: verbs, help, outputs, exit codes and one-line errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from picolm.cli import main
+from picolm.models.loading import load_model
+
+TINY = ["--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
+        "--train.batch_size", "8", "--train.eval_every", "10", "--train.eval_batches", "2", "--log.progress", "false"]
+
+
+def picolm(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "picolm", *args], capture_output=True, text=True, timeout=120,
+                          **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained_run(numeric_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "numeric"
+    assert main(["train", "--data", str(numeric_data), "--out", str(run), "--train.max_steps", "20", *TINY]) == 0
+    return run
+
+
+def test_help_lists_the_verbs_and_their_options():
+    result = picolm("--help")
+    assert result.returncode == 0
+    for verb in ("prepare", "train", "eval", "generate", "quickstart"):
+        assert verb in result.stdout
+    for verb, option in [("prepare", "--vocab-size"), ("train", "--resume"), ("eval", "--split"),
+                         ("generate", "--top-p"), ("quickstart", "--minutes")]:
+        help_text = picolm(verb, "--help").stdout
+        assert option in help_text and "default" in help_text, verb
+
+
+def test_train_writes_a_complete_run_directory(trained_run):
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "tokenizer/picolm_tokenizer.json", "plots/loss.png", "samples.txt"):
+        assert (trained_run / name).is_file(), name
+    assert (trained_run / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[sample]" in (trained_run / "samples.txt").read_text()
+
+
+def test_recipe_and_overrides_end_up_in_the_resolved_config(numeric_data, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  n_layer: 3\n  position: rope\ntrain:\n  lr: 0.01\n")
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--data", str(numeric_data), "--out", str(run), *TINY,
+                 "--train.max_steps", "2", "--train.lr=0.002"]) == 0
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["n_layer"] == 2  # the command line beats the recipe
+    assert config["model"]["position"] == "rope" and config["train"]["lr"] == 0.002
+
+
+def test_eval_json_reports_loss_perplexity_accuracy_and_kinds(trained_run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(trained_run), "--split", "test", "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["loss"], rel=1e-6)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    for kind in ("counting", "arithmetic", "geometric", "alternating", "random_walk"):
+        assert f"accuracy/{kind}" in metrics and f"accuracy_after_3/{kind}" in metrics
+    assert "perplexity" in capsys.readouterr().out
+
+
+def test_greedy_generation_is_the_argmax_continuation(trained_run, capsys):
+    assert main(["generate", str(trained_run), "--prompt", "3 4 5", "--temperature", "0",
+                 "--max-new-tokens", "5"]) == 0
+    printed = capsys.readouterr().out.strip()
+    loaded = load_model(trained_run)
+    ids = loaded.tokenizer.encode("3 4 5")
+    for _ in range(5):
+        with torch.no_grad():
+            next_id = int(loaded.model(torch.tensor([ids]))[0, -1].argmax())
+        if next_id == loaded.tokenizer.eos_id:
+            break
+        ids.append(next_id)
+    assert printed == loaded.tokenizer.decode(ids)
+
+
+def test_sampling_is_reproducible_for_a_seed(trained_run, capsys):
+    args = ["generate", str(trained_run), "--prompt", "10 20", "--temperature", "1.0", "--top-k", "20",
+            "--max-new-tokens", "8"]
+    main(args + ["--seed", "1"])
+    main(args + ["--seed", "1"])
+    first, second = capsys.readouterr().out.strip().splitlines()
+    assert first == second
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["eval", "no/such/run"], "no/such/run: no such run directory or checkpoint"),
+    (["train", "--data", "no/such/data", "--out", "x"], "no/such/data: no such data directory"),
+    (["prepare", "--source", "missing.jsonl", "--out", "x"], "missing.jsonl: no such file"),
+    (["train", "--data", "d", "--model.n_layers", "2"], "model.n_layers: unknown field"),
+    (["train", "--data", "d", "--train.lr", "fast"], "train.lr: expected float, got 'fast'"),
+])
+def test_bad_input_gives_one_line_and_status_2(args, message, tmp_path):
+    result = picolm(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_non_utf8_and_bad_json_lines_are_named(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": oops}\n')
+    result = picolm("prepare", "--source", str(bad), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and f"{bad}:2: not valid JSON" in result.stderr
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"fine\ncaf\xe9\n")
+    result = picolm("prepare", "--source", str(latin), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and f"{latin}:2: not UTF-8 text" in result.stderr
+
+
+def test_not_a_checkpoint_is_refused(tmp_path):
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"definitely not a checkpoint")
+    result = picolm("generate", str(fake), "--prompt", "1")
+    assert result.returncode == 2 and "not a readable checkpoint" in result.stderr
+
+
+def test_resume_refuses_model_changes_and_keeps_the_run(trained_run):
+    before = (trained_run / "checkpoints" / "last.pt").read_bytes()
+    result = picolm("train", "--resume", str(trained_run), "--model.n_embd", "64")
+    assert result.returncode == 2 and "cannot change model.n_embd when resuming" in result.stderr
+    assert (trained_run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(numeric_data, tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "picolm", "train", "--data", str(numeric_data), "--out",
+                                str(run), "--train.max_steps", "100000", *TINY],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().count("\n") > 3:
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    from picolm.train.checkpoint import load_checkpoint
+
+    stopped_at = load_checkpoint(run / "checkpoints" / "last.pt")["global_step"]
+    assert stopped_at > 0
+    result = picolm("train", "--resume", str(run), "--train.max_steps", str(stopped_at + 5))
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["global_step"] == stopped_at + 5
