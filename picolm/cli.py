@@ -31,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="numeric | stories | tinystories | wikitext-103 | openwebtext | fineweb | "
                         "PATH.txt | PATH.jsonl[:field] | PATH.parquet[:field]")
     p.add_argument("--out", required=True, help="data directory to write")
-    p.add_argument("--tokenizer", choices=["bpe", "char", "numeric", "gpt2"], default=None,
-                   help="default: numeric for --source numeric, else a byte-level BPE trained here")
+    p.add_argument("--tokenizer", default=None,
+                   help="bpe (a byte-level BPE trained here) | gpt2 | numeric | char | hf:NAME_OR_PATH (a Hugging "
+                        "Face tokenizer.json, its folder, or a hub name); default: numeric for --source numeric, "
+                        "else bpe")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (32768 suits web-scale text)")
     p.add_argument("--limit", type=int, default=None, help="use at most N documents (per split for hub sources)")
     p.add_argument("--subset-ratio", type=float, default=None, help="use this fraction of the documents")
@@ -41,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-split by --split-ratios even when the source has its own splits")
     p.add_argument("--seed", type=int, default=0, help="seed for generation and splitting")
     p.add_argument("--num-sequences", type=int, default=None,
-                   help="built-in sources: how many sequences or stories (default 20000 numeric, ~13000 stories)")
+                   help="built-in sources: how many sequences or stories (default 100000 numeric, 13000 stories)")
     p.add_argument("--min-length", type=int, default=None, help="numeric: shortest sequence (default 8)")
     p.add_argument("--max-length", type=int, default=None, help="numeric: longest sequence (default 16)")
     p.add_argument("--max-value", type=int, default=None, help="numeric: largest value (default 99)")
@@ -210,6 +212,7 @@ def _format_metrics(metrics: dict) -> str:
 
 
 def cmd_eval(args) -> int:
+    from picolm.data.loader import check_split
     from picolm.data.pack import load_meta
     from picolm.eval.lm import evaluate_tokens, load_split
     from picolm.models.loading import load_model
@@ -220,9 +223,8 @@ def cmd_eval(args) -> int:
     data_dir = args.data or loaded.checkpoint["train_config"]["data"]["path"]
     meta = load_meta(data_dir)
     tokens, kinds = load_split(data_dir, args.split)
-    if meta["vocab_size"] > loaded.model.config.vocab_size:
-        raise PicolmError(f"the data's vocabulary ({meta['vocab_size']}) is larger than the model's "
-                          f"({loaded.model.config.vocab_size})", path=data_dir)
+    model_config = loaded.model.config
+    check_split(tokens, Path(data_dir) / f"{args.split}.bin", model_config.vocab_size, model_config.block_size)
     metrics = evaluate_tokens(loaded.model, tokens, loaded.model.config.block_size, batch_size=args.batch_size,
                               max_windows=args.max_windows, kinds=kinds, kind_names=meta.get("kinds"),
                               eos_id=loaded.tokenizer.eos_id, device=device)

@@ -152,11 +152,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-
-
-def _section_class(section: str):
-    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "log": LogConfig}[section]
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "log": LogConfig}
 
 
 def _coerce(value, annotation: str, key: str, where: dict):
@@ -216,7 +212,7 @@ def apply_overrides(config: Config, overrides: dict[str, object], sources: dict[
         section, _, name = key.partition(".")
         if section not in SECTIONS or not name:
             raise PicolmError(f"unknown setting (sections: {', '.join(SECTIONS)})", field=key, **where)
-        cls = _section_class(section)
+        cls = SECTIONS[section]
         if name not in {f.name for f in dataclasses.fields(cls)}:
             known = ", ".join(f.name for f in dataclasses.fields(cls))
             raise PicolmError(f"unknown field; {section} has: {known}", field=key, **where)
@@ -281,7 +277,7 @@ def build_config(recipe: str | Path | None = None, overrides: dict[str, object] 
 
 def config_from_dict(data: dict) -> Config:
     """Rebuild a Config saved with `to_dict` (a run's config.yaml or a checkpoint)."""
-    return Config(**{name: _section_class(name)(**data.get(name, {})) for name in SECTIONS})
+    return Config(**{name: cls(**data.get(name, {})) for name, cls in SECTIONS.items()})
 
 
 def save_config(config: Config, path: Path) -> None:

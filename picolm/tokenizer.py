@@ -11,6 +11,7 @@ from pathlib import Path
 from picolm.errors import PicolmError
 
 EOS, PAD, MASK = "<|endoftext|>", "<|pad|>", "<|mask|>"
+EOS_NAMES = (EOS, "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")  # how other tokenizers spell it
 META_FILE = "picolm_tokenizer.json"
 
 
@@ -93,7 +94,10 @@ class HFTokenizer(Tokenizer):
         self._fast = None  # tiktoken twin, built on first batch encode
         self.kind = kind
         self.vocab_size = tokenizer.get_vocab_size()
-        self.eos_id = tokenizer.token_to_id(EOS)
+        self.eos_id = next((tokenizer.token_to_id(t) for t in EOS_NAMES if tokenizer.token_to_id(t) is not None),
+                           None)
+        if self.eos_id is None:
+            raise PicolmError(f"the tokenizer has no end-of-text token (looked for {', '.join(EOS_NAMES)})")
         pad = tokenizer.token_to_id(PAD)
         self.pad_id = self.eos_id if pad is None else pad
         self.mask_id = tokenizer.token_to_id(MASK)
@@ -193,6 +197,20 @@ def gpt2_tokenizer() -> HFTokenizer:
     tok = _byte_level(models.BPE.from_file(str(files / "encoder.json"), str(files / "vocab.bpe")))
     tok.add_special_tokens([AddedToken(EOS, special=True)])
     return HFTokenizer(tok, "gpt2")
+
+
+def hub_tokenizer(name_or_path: str) -> HFTokenizer:
+    """Any Hugging Face `tokenizers` tokenizer: a local tokenizer.json (or a folder holding one) or a hub name."""
+    from tokenizers import Tokenizer as RustTokenizer
+
+    path = Path(name_or_path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    try:
+        tok = RustTokenizer.from_file(str(file)) if file.is_file() else RustTokenizer.from_pretrained(name_or_path)
+    except Exception as exc:  # network errors, missing repos and unreadable files
+        raise PicolmError(f"could not load the tokenizer ({type(exc).__name__}); without internet, pass a local "
+                          "tokenizer.json or a folder holding one", field=f"hf:{name_or_path}") from None
+    return HFTokenizer(tok, "hf")
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:

@@ -269,3 +269,21 @@ def test_load_tokenizer_from_a_folder_without_one_names_the_file(tmp_path):
     with pytest.raises(PicolmError, match="no tokenizer here") as excinfo:
         load_tokenizer(tmp_path)
     assert str(tmp_path / "picolm_tokenizer.json") in str(excinfo.value)
+
+
+def test_a_local_hugging_face_tokenizer_is_used_as_is(tmp_path):
+    from picolm.tokenizer import hub_tokenizer
+
+    gpt2_tokenizer().save(tmp_path)
+    for target in (tmp_path, tmp_path / "tokenizer.json"):
+        tok = hub_tokenizer(str(target))
+        assert tok.kind == "hf" and tok.eos_id == 50256
+        assert tok.encode("Hello world") == [15496, 995]
+
+
+def test_an_unreachable_hub_tokenizer_is_one_clear_error(tmp_path, monkeypatch):
+    from picolm.tokenizer import hub_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PicolmError, match="hf:no-such/tokenizer: could not load the tokenizer"):
+        hub_tokenizer("no-such/tokenizer")

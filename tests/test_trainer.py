@@ -220,3 +220,24 @@ def test_wandb_runs_offline_without_credentials(numeric_data, tmp_path, monkeypa
     assert calls["init"]["mode"] == "offline"
     assert calls["init"]["project"] == "proj" and calls["init"]["name"] == "run"
     assert calls["steps"][:3] == [1, 2, 3] and calls["finished"]
+
+
+def test_block_size_longer_than_the_data_is_refused(numeric_data, tmp_path):
+    with pytest.raises(PicolmError, match="train.bin: only .* tokens"):
+        make_trainer(numeric_data, tmp_path / "run", **{"model.block_size": 100_000})
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(numeric_data, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from picolm.data.pack import read_tokens, write_tokens
+
+    data = tmp_path / "data"
+    shutil.copytree(numeric_data, data)
+    tokens = np.array(read_tokens(data / "val.bin"))
+    tokens[5] = 5000
+    write_tokens(data / "val.bin", tokens)
+    with pytest.raises(PicolmError, match="val.bin: token id 5000 is outside the model's vocabulary of 103"):
+        make_trainer(data, tmp_path / "run")

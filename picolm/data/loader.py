@@ -21,9 +21,9 @@ class TokenWindows:
         self.block_size = block_size
         self.seed = seed
         self.rank, self.world_size = rank, world_size
-        if len(self.tokens) < block_size + 2:
-            raise PicolmError(f"only {len(self.tokens)} tokens: fewer than one window of block_size={block_size}",
-                              path=path)
+        if self.windows_per_epoch < 1:
+            raise PicolmError(f"only {len(self.tokens)} tokens: training needs at least 2 x block_size "
+                              f"= {2 * block_size}", path=path)
         self.epoch = 0
         self.cursor = 0
         self._order = None
@@ -65,6 +65,16 @@ class TokenWindows:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor, self._order = int(state["epoch"]), int(state["cursor"]), None
+
+
+def check_split(tokens: np.ndarray, path, vocab_size: int, block_size: int) -> None:
+    """Refuse token files that the model cannot read: too short for one window, or ids past its vocabulary."""
+    if len(tokens) < block_size + 1:
+        raise PicolmError(f"only {len(tokens)} tokens: fewer than one window of block_size + 1 = {block_size + 1}",
+                          path=path)
+    top = int(tokens.max())
+    if top >= vocab_size:
+        raise PicolmError(f"token id {top} is outside the model's vocabulary of {vocab_size}", path=path)
 
 
 def eval_windows(tokens: np.ndarray, block_size: int, max_windows: int | None = None) -> list[int]:

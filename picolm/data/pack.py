@@ -20,7 +20,8 @@ import numpy as np
 from picolm.data.sources import HUB_SOURCES, SourceData, load_source
 from picolm.data.synthetic import NumericSpec
 from picolm.errors import PicolmError
-from picolm.tokenizer import Tokenizer, char_tokenizer, gpt2_tokenizer, numeric_tokenizer, train_bpe
+from picolm.tokenizer import (Tokenizer, char_tokenizer, gpt2_tokenizer, hub_tokenizer, numeric_tokenizer,
+                              train_bpe)
 
 MAGIC = 0x7069636F  # "pico"
 VERSION = 1
@@ -34,7 +35,7 @@ ENCODE_BATCH = 4096
 class PrepareOptions:
     source: str
     out: str
-    tokenizer: str | None = None  # bpe | char | numeric | gpt2; default by source
+    tokenizer: str | None = None  # bpe | char | numeric | gpt2 | hf:NAME_OR_PATH; default by source
     vocab_size: int = 4096
     limit: int | None = None
     subset_ratio: float | None = None
@@ -111,6 +112,8 @@ def build_tokenizer(kind: str, splits: dict[str, list[dict]], options: PrepareOp
         return train_bpe((r["text"] for r in splits["train"]), options.vocab_size)
     if kind == "gpt2":
         return gpt2_tokenizer()
+    if kind.startswith("hf:"):
+        return hub_tokenizer(kind[3:])
     every = [r for records in splits.values() for r in records]
     if kind == "char":
         return char_tokenizer(r["text"] for r in every)
@@ -121,7 +124,8 @@ def build_tokenizer(kind: str, splits: dict[str, list[dict]], options: PrepareOp
             raise PicolmError(f"the numeric tokenizer reads whitespace-separated integers ({exc})",
                               field="--tokenizer") from None
         return numeric_tokenizer(max(options.max_value or NumericSpec.max_value, max(values)))
-    raise PicolmError(f"unknown tokenizer {kind!r} (bpe, char, numeric, gpt2)", field="--tokenizer")
+    raise PicolmError(f"unknown tokenizer {kind!r} (bpe, char, numeric, gpt2, hf:NAME_OR_PATH)",
+                      field="--tokenizer")
 
 
 def encode_split(tokenizer: Tokenizer, records: list[dict], kinds: list[str] | None):

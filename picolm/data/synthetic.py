@@ -13,7 +13,7 @@ DETERMINISTIC_KINDS = ("counting", "arithmetic", "alternating")
 
 @dataclass
 class NumericSpec:
-    num_sequences: int = 20000
+    num_sequences: int = 100_000
     min_length: int = 8
     max_length: int = 16
     max_value: int = 99

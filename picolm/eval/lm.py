@@ -4,6 +4,7 @@ per sequence kind (and after each sequence's first numbers) when the data record
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def evaluate_tokens(model, tokens: np.ndarray, block_size: int, batch_size: int 
     for b in range(0, len(starts), batch_size):
         rows = np.stack([np.asarray(tokens[s:s + block_size + 1], dtype=np.int64) for s in starts[b:b + batch_size]])
         batch = torch.from_numpy(rows).to(device)
-        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+        with autocast() if autocast else nullcontext():
             logits = model(batch[:, :-1]).float()
         targets = batch[:, 1:]
         loss_sum += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
@@ -50,8 +51,8 @@ def evaluate_tokens(model, tokens: np.ndarray, block_size: int, batch_size: int 
             target_kind = kinds[target_index]
             is_number = rows[:, 1:] != eos_id
             target_position = positions[target_index]
-            # the model saw the document's first numbers only if the document starts inside the window
-            in_view = target_position <= np.arange(1, block_size + 1)
+            # the model knows where the document starts only if its opening EOS is inside the window
+            in_view = target_position <= np.arange(block_size)
             after_warmup = (target_position >= WARMUP_NUMBERS) & in_view
             for k in np.unique(target_kind):
                 if k == NO_KIND:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from picolm.config import Config, save_config
-from picolm.data.loader import TokenWindows
+from picolm.data.loader import TokenWindows, check_split
 from picolm.data.pack import load_meta
 from picolm.errors import PicolmError, TrainingStopped
 from picolm.eval.lm import evaluate_tokens, load_split
@@ -44,7 +44,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return None
-    if precision in ("bf16", "fp16") and device.type == "cpu" and precision == "fp16":
+    if precision == "fp16" and device.type == "cpu":
         raise PicolmError("fp16 autocast needs a GPU", field="train.precision")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -104,6 +104,8 @@ class Trainer:
         self.optimizers = build_optimizers(self.model, config.train, self.device.type)
         self.train_data = TokenWindows(self.data_dir / "train.bin", config.model.block_size, seed=config.train.seed)
         self.val_tokens, self.val_kinds = load_split(self.data_dir, "val")
+        for split, tokens in (("train", self.train_data.tokens), ("val", self.val_tokens)):
+            check_split(tokens, self.data_dir / f"{split}.bin", config.model.vocab_size, config.model.block_size)
         self.global_step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         self.best_metric, self.evals_without_improvement = None, 0
         self._prepare_run_dir(resume)
