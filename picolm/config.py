@@ -252,18 +252,6 @@ def read_recipe(path: str | Path) -> tuple[dict[str, object], dict[str, dict]]:
             values[key] = document[section][name_node.value]
             lines[key] = {"path": path, "line": name_node.start_mark.line + 1}
     return values, lines
-    if not isinstance(root, yaml.MappingNode):
-        raise PicolmError("a recipe is a mapping of sections (model, data, train, log)", path=path, line=1)
-    for key_node, section_node in root.value:
-        section = key_node.value
-        if not isinstance(section_node, yaml.MappingNode):
-            raise PicolmError("expected a mapping of fields", path=path, line=key_node.start_mark.line + 1,
-                              field=section)
-        for name_node, value_node in section_node.value:
-            key = f"{section}.{name_node.value}"
-            values[key] = yaml.safe_load(yaml.serialize(value_node))
-            lines[key] = {"path": path, "line": name_node.start_mark.line + 1}
-    return values, lines
 
 
 def build_config(recipe: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:

@@ -13,7 +13,7 @@ QUICKSTART_SETTINGS = {
     "train.batch_size": 16,
     "train.lr": 2e-3,
     "train.warmup_steps": 100,
-    "train.eval_every": 250,
+    "train.eval_every": 100,
     "train.eval_batches": 10,
     "train.max_steps": None,
 }
