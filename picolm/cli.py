@@ -138,7 +138,7 @@ def cmd_prepare(args) -> int:
 
 
 def _train_config(args, overrides: dict[str, str]):
-    from picolm.config import build_config, load_config
+    from picolm.config import apply_overrides, build_config, load_config
 
     if args.data:
         overrides["data.path"] = args.data
@@ -160,14 +160,12 @@ def _train_config(args, overrides: dict[str, str]):
         raise PicolmError("--resume continues a run as it was configured; pass no recipe or --out")
     config = load_config(run_dir / "config.yaml")
     saved = config.to_dict()
-    for key, value in overrides.items():
-        section = key.partition(".")[0]
-        if section in ("model", "data") and str(saved.get(section, {}).get(key.partition(".")[2])) != str(value):
-            raise PicolmError(f"cannot change {key} when resuming (the run has "
-                              f"{saved.get(section, {}).get(key.partition('.')[2])!r})", field=key)
-    from picolm.config import apply_overrides
-
     apply_overrides(config, overrides)
+    for section in ("model", "data"):
+        for name, value in config.to_dict()[section].items():
+            if value != saved[section][name]:
+                raise PicolmError(f"cannot change it when resuming (the run has {saved[section][name]!r})",
+                                  field=f"{section}.{name}")
     config.validate()
     return config, run_dir
 

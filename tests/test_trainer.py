@@ -241,3 +241,13 @@ def test_token_ids_outside_the_vocabulary_are_refused(numeric_data, tmp_path):
     write_tokens(data / "val.bin", tokens)
     with pytest.raises(PicolmError, match="val.bin: token id 5000 is outside the model's vocabulary of 103"):
         make_trainer(data, tmp_path / "run")
+
+
+def test_resuming_a_checkpoint_of_another_architecture_is_refused(numeric_data, tmp_path):
+    from picolm.train.checkpoint import save_checkpoint
+
+    make_trainer(numeric_data, tmp_path / "run", **{"train.max_steps": 2}).fit()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    save_checkpoint({**load_checkpoint(last), "architecture": "sdd"}, last)
+    with pytest.raises(PicolmError, match="checkpoint is a 'sdd' model, the config asks for 'gpt'"):
+        make_trainer(numeric_data, tmp_path / "run", resume=True)
