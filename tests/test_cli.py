@@ -132,10 +132,10 @@ def test_resume_refuses_model_changes_and_keeps_the_run(trained_run):
     before = (trained_run / "checkpoints" / "last.pt").read_bytes()
     result = picolm("train", "--resume", str(trained_run), "--model.n_embd", "64")
     assert result.returncode == 2 and "model.n_embd: cannot change it when resuming (the run has 32)" in result.stderr
+    assert (trained_run / "checkpoints" / "last.pt").read_bytes() == before
     same = picolm("train", "--resume", str(trained_run), "--model.bias", "true", "--model.n_embd", "32",
                   "--train.max_steps", "20")
     assert same.returncode == 0, same.stderr  # restating the run's own values is no change
-    assert (trained_run / "checkpoints" / "last.pt").read_bytes() == before
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(numeric_data, tmp_path):
