@@ -13,8 +13,15 @@ from picolm.errors import PicolmError
 VERBS_HELP = "prepare data, train, evaluate, generate, or run the whole quickstart"
 
 
-class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _parser() -> argparse.ArgumentParser:

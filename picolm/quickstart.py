@@ -7,16 +7,7 @@ from pathlib import Path
 from picolm.config import build_config
 from picolm.data.pack import PrepareOptions, load_meta, prepare
 
-QUICKSTART_SETTINGS = {
-    "model.preset": "tiny",
-    "model.position": "rope",
-    "train.batch_size": 16,
-    "train.lr": 2e-3,
-    "train.warmup_steps": 100,
-    "train.eval_every": 100,
-    "train.eval_batches": 10,
-    "train.max_steps": None,
-}
+RECIPE = Path(__file__).parent / "recipes" / "stories-tiny.yaml"
 
 
 def run_quickstart(out: Path, device: str = "auto", minutes: float = 3.0, max_steps: int | None = None) -> None:
@@ -30,9 +21,9 @@ def run_quickstart(out: Path, device: str = "auto", minutes: float = 3.0, max_st
     else:
         print("generating the built-in story corpus and training a BPE tokenizer...")
         prepare(PrepareOptions(source="stories", out=str(data_dir), vocab_size=2048))
-    settings = {**QUICKSTART_SETTINGS, "data.path": str(data_dir), "train.device": device,
-                "train.max_minutes": minutes if max_steps is None else None, "train.max_steps": max_steps}
-    config = build_config(None, settings)
+    config = build_config(RECIPE, {"data.path": str(data_dir), "train.device": device,
+                                   "train.max_minutes": minutes if max_steps is None else None,
+                                   "train.max_steps": max_steps})
     trainer = Trainer(config, run_dir, resume=(run_dir / "checkpoints" / "last.pt").exists())
     budget = f"{max_steps} steps" if max_steps else f"{minutes:g} minutes"
     print(f"training a {trainer.model.num_params() / 1e6:.2f}M-parameter model for {budget} on {trainer.device}")
