@@ -12,7 +12,12 @@ import shutil
 import time
 from pathlib import Path
 
-from picolm.cli import main as picolm
+from picolm.cli import main
+
+
+def picolm(args: list[str]) -> None:
+    if main(args) != 0:
+        raise SystemExit(f"picolm {args[0]} failed")
 from picolm.data.synthetic import DETERMINISTIC_KINDS, KINDS
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "numeric-tiny.yaml"

@@ -75,11 +75,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
     for name, shape in CONFIGS.items():
         model, ours = picolm_step(shape)
-        contenders = {"picolm": ours, "matmul": lambda: None}
+        rates = []
+        contenders = {"picolm": ours, "matmul": lambda: rates.append(matmul_flops_per_second(repeats=5))}
         if name.startswith("L4 H4 d256"):
             contenders["transformers"] = hf_step(shape)
-        rates = []
-        contenders["matmul"] = lambda: rates.append(matmul_flops_per_second(repeats=5))
         times = interleaved(contenders, rounds=args.rounds, repeats=args.repeats)
         tokens = shape["batch"] * shape["block_size"]
         n = model.num_params()

@@ -24,6 +24,23 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def _settings_help() -> str:
+    """Every `--section.field` setting with its default, for `picolm train --help`."""
+    import dataclasses
+    import textwrap
+
+    from picolm.config import PRESETS, SECTIONS
+
+    lines = ["settings (--section.field VALUE, or in a recipe; default shown):"]
+    for section, cls in SECTIONS.items():
+        fields = " ".join(f"{f.name}={f.default_factory() if callable(f.default_factory) else f.default}"
+                          for f in dataclasses.fields(cls))
+        lines += textwrap.wrap(f"{section}: {fields}", 100, initial_indent="  ", subsequent_indent="    ")
+    lines += textwrap.wrap(f"model.preset: {', '.join(PRESETS)} (expanded first; explicit fields win)", 100,
+                           initial_indent="  ", subsequent_indent="    ")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="picolm", formatter_class=Formatter,
                                      description="picolm: a small-language-model lab. Tokenize, pretrain, "
@@ -62,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "  picolm train recipes/stories-tiny.yaml --data data/stories --out runs/a "
                                      "--model.n_layer 4 --train.lr 1e-3\n"
                                      "Any field of the model, data, train and log sections can be set as "
-                                     "--section.field VALUE (see docs/ARCHITECTURE.md or a run's config.yaml).")
+                                     "--section.field VALUE; the list is below.",
+                         epilog=_settings_help())
     p.add_argument("recipe", nargs="?", help="YAML recipe (sections model, data, train, log)")
     p.add_argument("--data", help="data directory from `picolm prepare` (same as --data.path)")
     p.add_argument("--out", help="run directory (default runs/<data>-<time>)")
@@ -177,26 +195,8 @@ def _train_config(args, overrides: dict[str, str]):
     return config, run_dir
 
 
-def finish_run(trainer, result) -> None:
-    """Plots and samples for a finished run, then a short summary."""
-    from picolm.analysis.curves import plot_loss
-    from picolm.eval.samples import write_samples
-    from picolm.train.tracking import read_metrics
-
-    run_dir = result.run_dir
-    plot_loss(read_metrics(run_dir), run_dir / "plots" / "loss.png", title=f"{run_dir.name}: loss")
-    t = trainer.config.train
-    samples = write_samples(trainer.model, trainer.tokenizer, trainer.val_tokens, run_dir / "samples.txt",
-                            count=t.num_samples, max_new_tokens=t.sample_tokens, device=trainer.device)
-    metrics = result.final_metrics
-    print(f"\nstopped ({result.stop_reason}) at step {result.global_step}: val loss {metrics['val/loss']:.4f}, "
-          f"perplexity {metrics['val/perplexity']:.2f}, accuracy {metrics['val/accuracy']:.3f}")
-    if samples:
-        print("\n" + samples[0])
-    print(f"run directory: {run_dir}")
-
-
 def cmd_train(args, overrides: dict[str, str]) -> int:
+    from picolm.train.report import finish_run
     from picolm.train.trainer import Trainer
 
     config, run_dir = _train_config(args, overrides)
@@ -223,7 +223,7 @@ def cmd_eval(args) -> int:
     from picolm.models.loading import load_model
     from picolm.train.trainer import resolve_device
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, field="--device")
     loaded = load_model(args.target, device=device)
     data_dir = args.data or loaded.checkpoint["train_config"]["data"]["path"]
     meta = load_meta(data_dir)
@@ -247,26 +247,28 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens <= 0:
         raise PicolmError("must be a positive number of tokens", field="--max-new-tokens")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, field="--device")
     loaded = load_model(args.target, device=device)
     tokenizer = loaded.tokenizer
-    prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eos_id]
+    prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]  # an empty prompt starts a new document
     block_size = loaded.model.config.block_size
     if len(prompt) >= block_size:
         print(f"note: the prompt has {len(prompt)} tokens; keeping its last {block_size - 1}", file=sys.stderr)
         prompt = prompt[-(block_size - 1):]
     for i in range(args.num_samples):
         new = generate(loaded.model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, eos_id=tokenizer.eos_id, seed=args.seed + i, device=device)
-        print(args.prompt + tokenizer.decode(new) if args.prompt else tokenizer.decode(new))
+                       top_p=args.top_p, eos_id=tokenizer.eos_id, seed=args.seed + i, device=device,
+                       vocab_size=tokenizer.vocab_size)
+        shown = prompt if prompt != [tokenizer.eos_id] else []
+        print(tokenizer.decode(shown + new))
     return 0
 
 
 def cmd_quickstart(args) -> int:
     from picolm.quickstart import run_quickstart
 
-    run_quickstart(Path(args.out), device=args.device, minutes=args.minutes, max_steps=args.max_steps)
-    return 0
+    result = run_quickstart(Path(args.out), device=args.device, minutes=args.minutes, max_steps=args.max_steps)
+    return 130 if result.stop_reason == "interrupted" else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,7 +74,7 @@ class DataConfig:
 class TrainConfig:
     max_steps: int | None = 1000
     epochs: float | None = None  # when set, overrides max_steps
-    max_minutes: float | None = None  # wall-time budget; the run stops cleanly when it is spent
+    max_minutes: float | None = None  # wall-time budget; whichever limit comes first stops the run
     batch_size: int = 16  # sequences per optimizer step
     micro_batch_size: int | None = None  # sequences per forward pass; batch_size must be a multiple
     optimizer: str = "adamw"  # adamw | muon (Muon for 2-D hidden weights, AdamW for the rest)
@@ -119,6 +119,7 @@ class TrainConfig:
              "max_steps", "set max_steps, epochs or max_minutes"),
             (self.lr > 0, "lr", "must be positive"),
             (self.eval_every > 0, "eval_every", "must be positive"),
+            (self.eval_batches > 0, "eval_batches", "must be positive"),
             (self.log_every > 0, "log_every", "must be positive"),
         ]
         for ok, name, why in checks:
@@ -249,6 +250,9 @@ def read_recipe(path: str | Path) -> tuple[dict[str, object], dict[str, dict]]:
                               field=section)
         for name_node, _ in section_node.value:
             key = f"{section}.{name_node.value}"
+            if not isinstance(document.get(section), dict) or name_node.value not in document[section]:
+                raise PicolmError("unsupported key (write plain field names; no anchors, merges or numbers)",
+                                  path=path, line=name_node.start_mark.line + 1, field=key)
             values[key] = document[section][name_node.value]
             lines[key] = {"path": path, "line": name_node.start_mark.line + 1}
     return values, lines

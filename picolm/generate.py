@@ -21,8 +21,10 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 @torch.no_grad()
 def generate(model, prompt: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, eos_id: int | None = None, seed: int | None = None,
-             device="cpu") -> list[int]:
-    """New token ids after `prompt` (the prompt keeps its last block_size tokens), stopping at EOS."""
+             device="cpu", vocab_size: int | None = None) -> list[int]:
+    """New token ids after `prompt` (the prompt keeps its last block_size tokens), stopping at EOS.
+
+    `vocab_size`: the tokenizer's; a model with a larger (padded) table never emits the unused ids."""
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device)
@@ -32,7 +34,7 @@ def generate(model, prompt: list[int], max_new_tokens: int, temperature: float =
     ids = torch.tensor([prompt[-block_size:]], dtype=torch.long, device=device)
     new: list[int] = []
     for _ in range(max_new_tokens):
-        logits = model(ids[:, -block_size:])[:, -1, :].float()
+        logits = model(ids[:, -block_size:])[:, -1, :vocab_size].float()
         if temperature <= 0:
             token = logits.argmax(-1, keepdim=True)
         else:

@@ -10,8 +10,9 @@ from picolm.data.pack import PrepareOptions, load_meta, prepare
 RECIPE = Path(__file__).parent / "recipes" / "stories-tiny.yaml"
 
 
-def run_quickstart(out: Path, device: str = "auto", minutes: float = 3.0, max_steps: int | None = None) -> None:
-    from picolm.cli import finish_run
+def run_quickstart(out: Path, device: str = "auto", minutes: float = 3.0, max_steps: int | None = None):
+    """Returns the training result."""
+    from picolm.train.report import finish_run
     from picolm.eval.lm import evaluate_tokens, load_split
     from picolm.train.trainer import Trainer
 
@@ -32,3 +33,4 @@ def run_quickstart(out: Path, device: str = "auto", minutes: float = 3.0, max_st
     test = evaluate_tokens(trainer.model, tokens, config.model.block_size, max_windows=200, device=trainer.device)
     print(f"test: loss {test['loss']:.4f}, perplexity {test['perplexity']:.2f}, accuracy {test['accuracy']:.3f}")
     finish_run(trainer, result)
+    return result

@@ -1,5 +1,5 @@
-"""One tokenizer interface over three kinds: byte-level BPE trained here, GPT-2's BPE, and small
-symbol vocabularies (one token per integer for numeric sequences, one per character)."""
+"""One tokenizer interface: byte-level BPE trained here, GPT-2's BPE, any Hugging Face tokenizer, and
+small symbol vocabularies (one token per integer for numeric sequences, one per character)."""
 
 from __future__ import annotations
 
@@ -110,8 +110,8 @@ class HFTokenizer(Tokenizer):
 
         Texts that spell a special token such as `<|endoftext|>` go through `tokenizers`, which maps it
         to the special id (tiktoken's ordinary encoding would spell it out)."""
-        if self._fast is None:
-            self._fast = tiktoken_encoding(self.tok) or False
+        if self._fast is None:  # ids follow merge order only in BPEs trained here and in GPT-2's
+            self._fast = self.kind in ("bpe", "gpt2") and tiktoken_encoding(self.tok) or False
         if self._fast and not any("<|" in t for t in texts):
             return self._fast.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
         return [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]

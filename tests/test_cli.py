@@ -102,6 +102,8 @@ def test_sampling_is_reproducible_for_a_seed(trained_run, capsys):
     (["prepare", "--source", "missing.jsonl", "--out", "x"], "missing.jsonl: no such file"),
     (["train", "--data", "d", "--model.n_layers", "2"], "model.n_layers: unknown field"),
     (["train", "--data", "d", "--train.lr", "fast"], "train.lr: expected float, got 'fast'"),
+    (["eval", "x", "--device", "mps"], "--device: mps is not available on this machine"),
+    (["eval", "x", "--device", "tpu"], "--device: unknown device 'tpu'"),
 ])
 def test_bad_input_gives_one_line_and_status_2(args, message, tmp_path):
     result = picolm(*args, cwd=tmp_path)
@@ -157,3 +159,20 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(numeric_data, tmp_path):
     result = picolm("train", "--resume", str(run), "--train.max_steps", str(stopped_at + 5))
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(run / "checkpoints" / "last.pt")["global_step"] == stopped_at + 5
+
+
+def test_generate_with_a_blank_prompt_starts_a_new_document(trained_run, capsys):
+    assert main(["generate", str(trained_run), "--prompt", " ", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    assert all(part.isdigit() for part in capsys.readouterr().out.split())  # numbers, or nothing before EOS
+
+
+def test_numeric_prompt_and_continuation_are_separated(trained_run, capsys):
+    assert main(["generate", str(trained_run), "--prompt", "3 4 5", "--max-new-tokens", "3", "--temperature", "1",
+                 "--top-k", "5"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("3 4 5") and all(part.isdigit() for part in printed.split())
+
+
+def test_eval_refuses_an_empty_evaluation(trained_run):
+    result = picolm("eval", str(trained_run), "--batch-size", "0")
+    assert result.returncode == 2 and "evaluation: batch size and number of windows must be at least 1" in result.stderr

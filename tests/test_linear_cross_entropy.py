@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import picolm.train.linear_cross_entropy as lce
-from picolm.train.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
+import picolm.models.linear_cross_entropy as lce
+from picolm.models.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 
 @pytest.mark.parametrize("chunk_elements", [7 * 70, 64 * 70, 1 << 22])  # several chunks with a ragged last one

@@ -395,3 +395,11 @@ def test_geometric_sequences_have_at_least_three_terms_for_every_valid_spec():
     spec = NumericSpec(num_sequences=200, min_length=3, max_length=4, max_value=8, seed=0)
     short = [r["text"] for r in generate_numeric(spec) if len(r["text"].split()) < 3]
     assert short == []
+
+
+def test_preparing_text_over_numeric_data_removes_the_old_kind_files(tmp_path):
+    out, _ = run_prepare(tmp_path, source="numeric", num_sequences=200)
+    assert (out / "train.kind.bin").exists()
+    path = write_lines(tmp_path / "corpus.txt", text_corpus(60))
+    run_prepare(tmp_path, source=str(path), tokenizer="char")
+    assert not list(out.glob("*.kind.bin"))

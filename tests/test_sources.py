@@ -272,3 +272,16 @@ def test_load_source_routes_hub_names_to_load_hub(tmp_path, load_dataset_calls):
     data = load_source("tinystories", hub_dir=str(folder))
     assert texts(data, "validation") == story_split("validation", 3)
     assert len(load_dataset_calls) == 2
+
+
+def test_a_stray_blank_line_does_not_merge_a_one_document_per_line_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("first\nsecond\nthird\n\n", encoding="utf-8")
+    assert texts(load_source(str(path))) == ["first", "second", "third"]
+
+
+def test_a_directory_is_not_a_source(tmp_path):
+    folder = tmp_path / "corpus.txt"
+    folder.mkdir()
+    with pytest.raises(PicolmError, match="is a directory"):
+        load_source(str(folder))

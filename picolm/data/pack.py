@@ -27,7 +27,6 @@ MAGIC = 0x7069636F  # "pico"
 VERSION = 1
 HEADER_INTS = 256
 SPLITS = ("train", "val", "test")
-NO_KIND = 255
 ENCODE_BATCH = 4096
 
 
@@ -166,6 +165,8 @@ def prepare(options: PrepareOptions, log=print) -> dict:
     kind = options.tokenizer or default_tokenizer(options.source)
     tokenizer = build_tokenizer(kind, splits, options)
     kinds = sorted({r["kind"] for records in splits.values() for r in records}) if data.has_kinds else None
+    if out.exists() and not out.is_dir():
+        raise PicolmError("exists and is not a directory", path=out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / "tokenizer")
     counts = {}
@@ -175,8 +176,11 @@ def prepare(options: PrepareOptions, log=print) -> dict:
         tokens, kind_ids = encode_split(tokenizer, splits[name], kinds)
         encode_seconds += time.perf_counter() - t0
         write_tokens(out / f"{name}.bin", tokens)
+        kind_path = out / f"{name}.kind.bin"
         if kind_ids is not None:
-            write_tokens(out / f"{name}.kind.bin", kind_ids)
+            write_tokens(kind_path, kind_ids)
+        else:
+            kind_path.unlink(missing_ok=True)  # left by an earlier prepare into the same folder
         counts[name] = {"documents": len(splits[name]), "tokens": int(len(tokens))}
         log(f"{name}: {len(splits[name]):,} documents, {len(tokens):,} tokens")
     meta = {
@@ -194,7 +198,9 @@ def prepare(options: PrepareOptions, log=print) -> dict:
         "encode_tokens_per_second": round(sum(c["tokens"] for c in counts.values()) / max(encode_seconds, 1e-9)),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    os.replace(tmp, out / "meta.json")  # written last: a directory with meta.json is complete
     return meta
 
 

@@ -51,7 +51,8 @@ FIELD_SUFFIX = re.compile(r"^(?P<path>.+\.(?:jsonl|json|parquet)):(?P<field>[^/\
 
 
 def read_text_file(path: Path) -> Records:
-    """One document per line, or per blank-line-separated block when the file has blank lines."""
+    """One document per blank-line-separated block when there are several blocks and some span several
+    lines, else one document per line."""
     lines = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -59,10 +60,9 @@ def read_text_file(path: Path) -> Records:
                 lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n"))
             except UnicodeDecodeError:
                 raise PicolmError("not UTF-8 text", path=path, line=number) from None
-    if any(not line.strip() for line in lines):
-        docs = [b.strip() for b in BLANK_LINE.split("\n".join(lines))]
-    else:
-        docs = [line.strip() for line in lines]
+    blocks = [b.strip() for b in BLANK_LINE.split("\n".join(lines)) if b.strip()]
+    paragraphs = len(blocks) > 1 and any("\n" in b for b in blocks)
+    docs = blocks if paragraphs else [line.strip() for line in lines]
     records = [{"text": d} for d in docs if d]
     if not records:
         raise PicolmError("file holds no text", path=path)
@@ -119,6 +119,8 @@ def load_local(spec: str) -> SourceData:
     path, text_field = _split_field(spec, "text")
     if not path.exists():
         raise PicolmError("no such file", path=path)
+    if path.is_dir():
+        raise PicolmError("is a directory; name a .txt, .jsonl or .parquet file", path=path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return SourceData({"all": read_jsonl_file(path, text_field)})

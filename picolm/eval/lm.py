@@ -11,9 +11,17 @@ import numpy as np
 import torch
 
 from picolm.data.loader import eval_windows
-from picolm.data.pack import NO_KIND, read_tokens
+from picolm.data.pack import read_tokens
+from picolm.errors import PicolmError
 
 WARMUP_NUMBERS = 3  # "after the first three numbers": the continuation is then determined
+
+
+def evaluation_metric_names(kind_names: list[str] | None) -> list[str]:
+    """The metrics `evaluate_tokens` reports for data with these sequence kinds."""
+    per_kind = [f"{metric}/{kind}" for kind in kind_names or [] for metric in
+                ("accuracy", f"accuracy_after_{WARMUP_NUMBERS}")]
+    return ["loss", "perplexity", "accuracy", *per_kind]
 
 
 def position_in_document(tokens: np.ndarray, eos_id: int) -> np.ndarray:
@@ -32,7 +40,11 @@ def evaluate_tokens(model, tokens: np.ndarray, block_size: int, batch_size: int 
     """Mean loss, perplexity and accuracy over evaluation windows; per-kind accuracies when kinds are given."""
     was_training = model.training
     model.eval()
+    if batch_size < 1 or (max_windows is not None and max_windows < 1):
+        raise PicolmError("batch size and number of windows must be at least 1", field="evaluation")
     starts = eval_windows(tokens, block_size, max_windows)
+    if not starts:
+        raise PicolmError(f"only {len(tokens)} tokens: fewer than one window of block_size + 1", field="evaluation")
     positions = position_in_document(np.asarray(tokens), eos_id) if kinds is not None else None
     loss_sum, correct_sum, count = 0.0, 0, 0
     per_kind = {}  # kind id -> [correct, total, correct after warmup, total after warmup]
@@ -55,8 +67,6 @@ def evaluate_tokens(model, tokens: np.ndarray, block_size: int, batch_size: int 
             in_view = target_position <= np.arange(block_size)
             after_warmup = (target_position >= WARMUP_NUMBERS) & in_view
             for k in np.unique(target_kind):
-                if k == NO_KIND:
-                    continue
                 sel = (target_kind == k) & is_number
                 late = sel & after_warmup
                 tally = per_kind.setdefault(int(k), [0, 0, 0, 0])

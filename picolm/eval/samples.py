@@ -12,6 +12,8 @@ from picolm.generate import generate
 def document_openings(tokens: np.ndarray, eos_id: int, count: int, prompt_tokens: int) -> list[list[int]]:
     """The first `prompt_tokens` tokens of the first `count` documents that are long enough."""
     openings, start = [], 0
+    if count <= 0:
+        return openings
     for end in np.flatnonzero(np.asarray(tokens[: 200_000]) == eos_id):
         if end - start > prompt_tokens:
             openings.append([int(t) for t in tokens[start:start + prompt_tokens]])
@@ -28,7 +30,7 @@ def write_samples(model, tokenizer, tokens: np.ndarray, path: str | Path, count:
     samples = []
     for i, prompt in enumerate(document_openings(tokens, tokenizer.eos_id, count, prompt_tokens)):
         new = generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
-                       eos_id=tokenizer.eos_id, seed=seed + i, device=device)
+                       eos_id=tokenizer.eos_id, seed=seed + i, device=device, vocab_size=tokenizer.vocab_size)
         samples.append(f"[prompt] {tokenizer.decode(prompt)}\n[sample] {tokenizer.decode(prompt + new)}\n")
     Path(path).write_text("\n".join(samples), encoding="utf-8")
     return samples

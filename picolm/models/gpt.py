@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from picolm.config import ModelConfig
 from picolm.models.attention import build_attention
+from picolm.models.linear_cross_entropy import linear_cross_entropy
 from picolm.models.position import LearnedPosition, build_position
 
 
@@ -108,6 +109,10 @@ class GPT(nn.Module):
                 x = block(x, rotary)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids (B, T)."""
-        return self.lm_head(self.hidden_states(idx))
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits (B, T, vocab) for token ids (B, T); with targets, (mean loss, correct, counted) instead,
+        through the fused head + cross-entropy (the logits are never materialised)."""
+        hidden = self.hidden_states(idx)
+        if targets is None:
+            return self.lm_head(hidden)
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets)

@@ -18,7 +18,10 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    with tmp.open("wb") as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

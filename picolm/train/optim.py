@@ -71,6 +71,15 @@ def build_optimizers(model: nn.Module, config: TrainConfig, device_type: str) ->
     return optimizers
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restore moments and step counts, keeping the hyperparameters of the current config (a resumed
+    run may change lr, weight decay, betas)."""
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, current in zip(optimizer.param_groups, settings):
+        group.update(current)
+
+
 def warmup_steps(config: TrainConfig, total_steps: int | None) -> int:
     if config.warmup_steps is not None:
         return config.warmup_steps

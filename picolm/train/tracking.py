@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import uuid
 from pathlib import Path
 
 from picolm.config import Config
@@ -105,7 +106,15 @@ class WandbBackend:
         self.wandb = wandb
         self.run = wandb.init(project=config.log.project, name=config.log.run_name or run_dir.name,
                               config=config.to_dict(), dir=str(run_dir), mode=wandb_mode(),
-                              id=run_dir.name, resume="allow" if resume else None)
+                              id=self._run_id(run_dir), resume="allow" if resume else None)
+
+    @staticmethod
+    def _run_id(run_dir: Path) -> str:
+        """A W&B id made once per run directory, so a resumed run continues the same W&B run."""
+        path = run_dir / "wandb_run_id"
+        if not path.exists():
+            path.write_text(f"{run_dir.name}-{uuid.uuid4().hex[:8]}", encoding="utf-8")
+        return path.read_text(encoding="utf-8").strip()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(dict(metrics), step=step)

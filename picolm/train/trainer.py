@@ -17,25 +17,31 @@ from picolm.config import Config, save_config
 from picolm.data.loader import TokenWindows, check_split
 from picolm.data.pack import load_meta
 from picolm.errors import PicolmError, TrainingStopped
-from picolm.eval.lm import evaluate_tokens, load_split
+from picolm.eval.lm import evaluate_tokens, evaluation_metric_names, load_split
 from picolm.models.loading import build_model, describe_mismatch
 from picolm.tokenizer import load_tokenizer
 from picolm.train.checkpoint import load_checkpoint, save_checkpoint
 from picolm.train.objectives import NextToken
-from picolm.train.optim import build_optimizers, lr_factor, set_lr, warmup_steps
+from picolm.train.optim import build_optimizers, load_optimizer_state, lr_factor, set_lr, warmup_steps
 from picolm.train.tracking import Tracker
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, field: str = "train.device") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PicolmError("CUDA is not available on this machine", field="train.device")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PicolmError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)", field=field) from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise PicolmError(f"{name} is not available on this machine", field=field)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PicolmError("mps is not available on this machine", field=field)
+    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -50,9 +56,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def metric_improved(value: float, best: float | None, metric: str) -> bool:
+    """Lower is better for losses and perplexities, higher for accuracies."""
     if best is None:
         return True
-    return value > best if "accura" in metric else value < best
+    return value < best if metric.endswith(("loss", "perplexity")) else value > best
 
 
 @dataclass
@@ -104,8 +111,8 @@ class Trainer:
         self.optimizers = build_optimizers(self.model, config.train, self.device.type)
         self.train_data = TokenWindows(self.data_dir / "train.bin", config.model.block_size, seed=config.train.seed)
         self.val_tokens, self.val_kinds = load_split(self.data_dir, "val")
-        for split, tokens in (("train", self.train_data.tokens), ("val", self.val_tokens)):
-            check_split(tokens, self.data_dir / f"{split}.bin", config.model.vocab_size, config.model.block_size)
+        check_split(self.val_tokens, self.data_dir / "val.bin", config.model.vocab_size, config.model.block_size)
+        self._check_objective_settings()
         self.global_step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         self.best_metric, self.evals_without_improvement = None, 0
         self._prepare_run_dir(resume)
@@ -122,8 +129,19 @@ class Trainer:
             raise PicolmError(f"{model.vocab_size} is smaller than the tokenizer's {vocab}: token ids would fall "
                               "outside the embedding table", field="model.vocab_size")
 
+    def _check_objective_settings(self) -> None:
+        if getattr(self.objective, "needs_causal", False) and not self.config.model.causal:
+            raise PicolmError("next-token training needs a causal model: with causal false it would see its "
+                              "targets", field="model.causal")
+        known = ["val/" + name for name in evaluation_metric_names(self.meta.get("kinds"))]
+        if self.config.train.early_stop_metric not in known:
+            raise PicolmError(f"not an evaluation metric; choose from {', '.join(known)}",
+                              field="train.early_stop_metric")
+
     def _prepare_run_dir(self, resume: bool) -> None:
         last = self.run_dir / "checkpoints" / "last.pt"
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise PicolmError("exists and is not a directory", path=self.run_dir)
         if resume:
             if not last.is_file():
                 raise PicolmError("nothing to resume: no checkpoints/last.pt", path=self.run_dir)
@@ -142,15 +160,20 @@ class Trainer:
         mismatch = describe_mismatch(self.config.model, state["model_config"])
         if mismatch:
             raise PicolmError(f"cannot resume with a different model: {mismatch}", path=self.run_dir)
+        saved_optimizer = state["train_config"]["train"]["optimizer"]
+        if saved_optimizer != self.config.train.optimizer:
+            raise PicolmError(f"cannot change it when resuming (the run has {saved_optimizer!r})",
+                              path=self.run_dir, field="train.optimizer")
         self.model.load_state_dict(state["model_state_dict"])
         for optimizer, saved in zip(self.optimizers, state["optimizer_state_dict"], strict=True):
-            optimizer.load_state_dict(saved)
+            load_optimizer_state(optimizer, saved)
         if state.get("scaler_state_dict"):
             self.scaler.load_state_dict(state["scaler_state_dict"])
         self.global_step, self.tokens_seen = state["global_step"], state["tokens_seen"]
-        self.best_metric = state["best_val_loss"]
-        self.elapsed = state.get("elapsed_seconds", 0.0)
-        self.evals_without_improvement = state.get("evals_without_improvement", 0)
+        if state["best_metric"] == self.config.train.early_stop_metric:
+            self.best_metric = state["best_val_loss"]
+            self.evals_without_improvement = state["evals_without_improvement"]
+        self.elapsed = state["elapsed_seconds"]
         self.train_data.load_state_dict(state["data_state"])
         torch.set_rng_state(state["rng_state"]["torch"].cpu())
         if self.device.type == "cuda" and state["rng_state"].get("cuda") is not None:
@@ -236,35 +259,40 @@ class Trainer:
         tracker = Tracker(self.run_dir, self.config, resume_step=self.global_step if self.global_step else None)
         progress = self._progress_bar(self.total_steps())
         self.model.train()
+        start_step = self.global_step
         try:
             with StopFlag() as stop:
                 stop_reason, val_metrics = self._loop(tracker, progress, stop)
-            if not val_metrics or stop_reason in ("max_minutes", "interrupted"):
+            if stop_reason == "interrupted":
+                # best.pt and the patience count stay as an uninterrupted run would have them
+                save_checkpoint(self.checkpoint_state(), self.run_dir / "checkpoints" / "last.pt")
+            if not val_metrics:
                 val_metrics = self.evaluate()
-                tracker.log(self.global_step, val_metrics)
-                self._after_eval(val_metrics)
+                if stop_reason != "interrupted" and self.global_step > start_step:
+                    tracker.log(self.global_step, val_metrics)  # the run ends between scheduled evaluations
+                    self._after_eval(val_metrics)
         finally:
             progress.close()
             tracker.close()
         return TrainResult(self.run_dir, self.global_step, self.best_metric, val_metrics, stop_reason)
 
     def _loop(self, tracker: Tracker, progress, stop: StopFlag) -> tuple[str, dict]:
+        """Train until a limit; returns why it stopped and the evaluation of the final step, if it had one."""
         t = self.config.train
         micro = t.micro_batch_size or t.batch_size
         total = self.total_steps()
         warmup = warmup_steps(t, total)
         budget = t.max_minutes * 60 if t.max_minutes is not None else None
         step_tokens = t.batch_size * self.config.model.block_size
-        val_metrics: dict = {}
-        window_start, tokens_in_window = time.perf_counter(), 0
+        val_metrics, evaluated_step = {}, None
+        session_start, elapsed_before = time.perf_counter(), self.elapsed
+        window_start, tokens_in_window = session_start, 0
         while True:
-            if total is not None and self.global_step >= total:
-                return "max_steps", val_metrics
-            if budget is not None and self.elapsed >= budget:
-                return "max_minutes", val_metrics
-            if stop.requested:
-                return "interrupted", val_metrics
-            step_start = time.perf_counter()
+            reason = ("max_steps" if total is not None and self.global_step >= total else
+                      "max_minutes" if budget is not None and self.elapsed >= budget else
+                      "interrupted" if stop.requested else None)
+            if reason:
+                return reason, val_metrics if evaluated_step == self.global_step else {}
             fraction = self.global_step / total if total else self.elapsed / budget
             factor = lr_factor(self.global_step, warmup, fraction, t.schedule, t.min_lr_ratio)
             set_lr(self.optimizers, factor)
@@ -272,7 +300,7 @@ class Trainer:
             self.global_step += 1
             self.tokens_seen += step_tokens
             tokens_in_window += step_tokens
-            self.elapsed += time.perf_counter() - step_start
+            self.elapsed = elapsed_before + time.perf_counter() - session_start
             progress.update(1)
             if self.global_step % t.log_every == 0:
                 now = time.perf_counter()
@@ -284,7 +312,7 @@ class Trainer:
                                      tok_s=f"{metrics['train/tokens_per_sec']:.0f}", refresh=False)
                 window_start, tokens_in_window = now, 0
             if self.global_step % t.eval_every == 0 or (total is not None and self.global_step >= total):
-                val_metrics = self.evaluate()
+                val_metrics, evaluated_step = self.evaluate(), self.global_step
                 tracker.log(self.global_step, val_metrics)
                 self._report(progress, val_metrics)
                 if self._after_eval(val_metrics):
@@ -297,9 +325,6 @@ class Trainer:
         """Save checkpoints, track the best value; True when early stopping says stop."""
         t = self.config.train
         name = t.early_stop_metric
-        if name not in val_metrics:
-            raise PicolmError(f"{name!r} is not an evaluation metric ({', '.join(val_metrics)})",
-                              field="train.early_stop_metric")
         value = val_metrics[name]
         if metric_improved(value, self.best_metric, name):
             self.best_metric, self.evals_without_improvement = value, 0

@@ -14,8 +14,10 @@ CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MB in float32): big enough for 
 
 
 def _compute_dtype(device_type: str) -> torch.dtype | None:
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
+    """bf16 under bf16 autocast. Under fp16 the head stays float32: the per-token gradients, divided by
+    the token count before GradScaler's scale applies, would underflow in fp16."""
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16:
+        return torch.bfloat16
     return None
 
 
