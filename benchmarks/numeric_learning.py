@@ -12,11 +12,11 @@ import shutil
 import time
 from pathlib import Path
 
-from picolm.cli import main
+from picolm.cli import main as picolm_main
 
 
 def picolm(args: list[str]) -> None:
-    if main(args) != 0:
+    if picolm_main(args) != 0:
         raise SystemExit(f"picolm {args[0]} failed")
 from picolm.data.synthetic import DETERMINISTIC_KINDS, KINDS
 

@@ -35,10 +35,10 @@ def model_config_from_checkpoint(state: dict, path) -> ModelConfig:
         raise PicolmError(f"model_config does not fit this picolm ({exc})", path=path) from None
 
 
-def load_model(target: str | Path, device="cpu", prefer: str = "best") -> LoadedModel:
+def load_model(target: str | Path, device="cpu") -> LoadedModel:
     """A run directory (its best, else last, checkpoint) or a checkpoint file -> model in eval mode."""
-    path = find_checkpoint(target, prefer)
-    state = load_checkpoint(path)
+    path = find_checkpoint(target)
+    state = load_checkpoint(path, mmap=True)
     if state["architecture"] not in ARCHITECTURES:
         raise PicolmError(f"unknown architecture {state['architecture']!r}", path=path)
     model = build_model(model_config_from_checkpoint(state, path))

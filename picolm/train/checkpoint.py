@@ -25,12 +25,13 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """`mmap=True` maps tensors lazily from the file: reading only the weights skips the optimizer state."""
     path = Path(path)
     if not path.is_file():
         raise PicolmError("no such checkpoint", path=path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # a corrupt or foreign pickle raises many types
         raise PicolmError(f"not a readable checkpoint ({type(exc).__name__})", path=path) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
@@ -41,15 +42,14 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return state
 
 
-def find_checkpoint(target: str | Path, prefer: str = "best") -> Path:
+def find_checkpoint(target: str | Path) -> Path:
     """A checkpoint file itself, or the best (else last) checkpoint of a run directory."""
     target = Path(target)
     if target.is_file():
         return target
     if not target.exists():
         raise PicolmError("no such run directory or checkpoint", path=target)
-    order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
-    for name in order:
+    for name in ("best.pt", "last.pt"):
         if (target / "checkpoints" / name).is_file():
             return target / "checkpoints" / name
     raise PicolmError("no checkpoints/best.pt or last.pt in this run directory", path=target)
