@@ -40,9 +40,10 @@ def generate(model, prompt: list[int], max_new_tokens: int, temperature: float =
         else:
             probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator)
-        if eos_id is not None and token.item() == eos_id:
+        token_id = token.item()
+        if token_id == eos_id:
             break
-        new.append(token.item())
+        new.append(token_id)
         ids = torch.cat([ids, token], dim=1)
     model.train(was_training)
     return new

@@ -36,22 +36,22 @@ def position_in_document(tokens: np.ndarray, eos_id: int) -> np.ndarray:
 @torch.no_grad()
 def evaluate_tokens(model, tokens: np.ndarray, block_size: int, batch_size: int = 16, max_windows: int | None = None,
                     kinds: np.ndarray | None = None, kind_names: list[str] | None = None, eos_id: int = 0,
-                    device="cpu", autocast=None) -> dict[str, float]:
+                    device="cpu", autocast=nullcontext) -> dict[str, float]:
     """Mean loss, perplexity and accuracy over evaluation windows; per-kind accuracies when kinds are given."""
-    was_training = model.training
-    model.eval()
     if batch_size < 1 or (max_windows is not None and max_windows < 1):
         raise PicolmError("batch size and number of windows must be at least 1", field="evaluation")
     starts = eval_windows(tokens, block_size, max_windows)
     if not starts:
         raise PicolmError(f"only {len(tokens)} tokens: fewer than one window of block_size + 1", field="evaluation")
+    was_training = model.training
+    model.eval()
     positions = position_in_document(np.asarray(tokens), eos_id) if kinds is not None else None
     loss_sum, correct_sum, count = 0.0, 0, 0
     per_kind = {}  # kind id -> [correct, total, correct after warmup, total after warmup]
     for b in range(0, len(starts), batch_size):
         rows = np.stack([np.asarray(tokens[s:s + block_size + 1], dtype=np.int64) for s in starts[b:b + batch_size]])
         batch = torch.from_numpy(rows).to(device)
-        with autocast() if autocast else nullcontext():
+        with autocast():
             logits = model(batch[:, :-1]).float()
         targets = batch[:, 1:]
         loss_sum += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()

@@ -31,14 +31,11 @@ def wandb_mode() -> str:
 class Tracker:
     """Writes rows `{"step": N, "train/loss": ...}`; a resumed run drops rows past its checkpoint."""
 
-    def __init__(self, run_dir: Path, config: Config, resume_step: int | None = None, enabled: bool = True):
+    def __init__(self, run_dir: Path, config: Config, resume_step: int | None = None):
         self.run_dir = run_dir
-        self.enabled = enabled
         self.rows = read_metrics(run_dir) if resume_step is not None else []
         self.rows = [r for r in self.rows if r["step"] <= (resume_step or 0)]
         self.backends = []
-        if not enabled:
-            return
         self._rewrite_jsonl()
         self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         if "tensorboard" in config.log.backends:
@@ -56,18 +53,15 @@ class Tracker:
             f.writelines(json.dumps(r) + "\n" for r in self.rows)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         self.rows.append(row)
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
+        values = {k: v for k, v in row.items() if k != "step"}
         for backend in self.backends:
-            backend.log(step, metrics)
+            backend.log(step, values)
 
     def write_csv(self) -> None:
-        if not self.enabled:
-            return
         columns = ["step"] + sorted({k for r in self.rows for k in r} - {"step"})
         tmp = self.run_dir / "metrics.csv.tmp"
         with tmp.open("w", newline="", encoding="utf-8") as f:
@@ -77,8 +71,6 @@ class Tracker:
         os.replace(tmp, self.run_dir / "metrics.csv")
 
     def close(self) -> None:
-        if not self.enabled:
-            return
         self.write_csv()
         self.jsonl.close()
         for backend in self.backends:
