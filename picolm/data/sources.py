@@ -24,6 +24,7 @@ class SourceData:
 
     splits: dict[str, Records]
     has_kinds: bool = False
+    task: str = "text"  # text: {"text"} records; sft: {id, prompt, response}; dpo: {id, prompt, chosen, rejected}
 
 
 @dataclass(frozen=True)
