@@ -52,8 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                          description="Read a source, train or load a tokenizer, and write train/val/test token "
                                      "files, meta.json and tokenizer/ into --out.")
     p.add_argument("--source", required=True,
-                   help="numeric | stories | tinystories | wikitext-103 | openwebtext | fineweb | "
-                        "PATH.txt | PATH.jsonl[:field] | PATH.parquet[:field]")
+                   help="built-in: numeric | stories | horror-sft | horror-dpo; hub: tinystories | wikitext-103 | "
+                        "openwebtext | fineweb | alpaca | dolly | rm-static | hh-rlhf; pairs:SOURCE (preference "
+                        "pairs from a text source); or PATH.txt | PATH.jsonl[:field] | PATH.json | "
+                        "PATH.parquet[:field] (JSON rows may hold instruction/input/output, prompt/response, "
+                        "prompt/chosen/rejected or chat messages)")
     p.add_argument("--out", required=True, help="data directory to write")
     p.add_argument("--tokenizer", default=None,
                    help="bpe (a byte-level BPE trained here) | gpt2 | numeric | char | hf:NAME_OR_PATH (a Hugging "
@@ -73,18 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-value", type=int, default=None, help="numeric: largest value (default 99)")
     p.add_argument("--hub-dir", default=None,
                    help="hub sources: load this local copy (same files and schema) instead of the hub")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="SFT/DPO rows that cannot be used are reported and skipped instead of stopping")
 
     p = verbs.add_parser("train", formatter_class=Formatter, help="train a model into a run directory",
                          description="Train from defaults, a YAML recipe and dotted overrides, e.g.\n"
                                      "  picolm train recipes/stories-tiny.yaml --data data/stories --out runs/a "
                                      "--model.n_layer 4 --train.lr 1e-3\n"
-                                     "Any field of the model, data, train and log sections can be set as "
+                                     "Any field of the model, data, train, objective and log sections can be set as "
                                      "--section.field VALUE; the list is below.",
                          epilog=_settings_help())
-    p.add_argument("recipe", nargs="?", help="YAML recipe (sections model, data, train, log)")
+    p.add_argument("recipe", nargs="?", help="YAML recipe (sections model, data, train, objective, log)")
     p.add_argument("--data", help="data directory from `picolm prepare` (same as --data.path)")
     p.add_argument("--out", help="run directory (default runs/<data>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--init-from", metavar="RUN_DIR", help="start from this picolm run or checkpoint: its model and "
+                                                           "tokenizer (same as --train.init_from); for SFT and DPO")
+    p.add_argument("--hf-model", metavar="NAME_OR_DIR", help="start from a Hugging Face causal LM instead "
+                                                             "(same as --train.hf_model)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="SFT/DPO rows that cannot be used are reported and skipped instead of stopping the run")
     p.add_argument("--log", default=None, help="extra trackers: tensorboard, wandb or both (comma-separated)")
     p.add_argument("--wandb-project", default=None, help="W&B project (default picolm)")
     p.add_argument("--wandb-run-name", default=None, help="W&B run name (default: the run directory's name)")
@@ -112,13 +123,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--device", default="auto")
 
-    p = verbs.add_parser("quickstart", formatter_class=Formatter, help="the main job on built-in data",
-                         description="Generate the built-in story corpus, train a BPE tokenizer and a tiny "
-                                     "model for a few minutes, evaluate it and print samples.")
-    p.add_argument("--out", default="runs/quickstart", help="folder for the data and the run")
+    p = verbs.add_parser("quickstart", formatter_class=Formatter, help="the whole pipeline on built-in data",
+                         description="Story corpus -> BPE tokenizer -> pretraining -> SFT on story specifications "
+                                     "-> DPO toward horror -> evaluation -> plots -> report.md, in about ten "
+                                     "minutes on a 2-core CPU. Steps or epochs given for a stage replace its time "
+                                     "budget. An interrupted quickstart resumes where it stopped.")
+    p.add_argument("--out", default="runs/quickstart", help="folder for the data, the three runs and the report")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--minutes", type=float, default=3.0, help="training time budget")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps instead")
+    p.add_argument("--base", default=None, metavar="RUN_DIR",
+                   help="start from this pretrained run or checkpoint instead of pretraining")
+    p.add_argument("--pretrain-minutes", type=float, default=3.0, help="pretraining time budget")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps instead")
+    p.add_argument("--sft-minutes", type=float, default=1.5, help="SFT time budget")
+    p.add_argument("--sft-steps", type=int, default=None, help="SFT steps instead")
+    p.add_argument("--sft-epochs", type=float, default=None, help="SFT epochs instead")
+    p.add_argument("--dpo-minutes", type=float, default=2.0, help="DPO time budget")
+    p.add_argument("--dpo-steps", type=int, default=None, help="DPO steps instead")
+    p.add_argument("--dpo-epochs", type=float, default=None, help="DPO epochs instead")
+    p.add_argument("--samples", type=int, default=16, help="held-out prompts to sample per model for the report")
     return parser
 
 
@@ -156,9 +178,14 @@ def cmd_prepare(args) -> int:
                              limit=args.limit, subset_ratio=args.subset_ratio, split_ratios=ratios,
                              use_source_splits=not args.ignore_source_splits, seed=args.seed,
                              num_sequences=args.num_sequences, min_length=args.min_length,
-                             max_length=args.max_length, max_value=args.max_value, hub_dir=args.hub_dir)
+                             max_length=args.max_length, max_value=args.max_value, hub_dir=args.hub_dir,
+                             skip_bad_rows=args.skip_bad_rows)
     meta = prepare(options)
-    print(f"wrote {args.out} (vocab {meta['vocab_size']}, {meta['encode_tokens_per_second']:,} tokens/s encoding)")
+    if meta["task"] == "text":
+        print(f"wrote {args.out} (vocab {meta['vocab_size']}, {meta['encode_tokens_per_second']:,} tokens/s encoding)")
+    else:
+        print(f"wrote {args.out} ({meta['task']} examples; they are tokenized by `picolm train` with the tokenizer "
+              "of the model it starts from)")
     return 0
 
 
@@ -167,6 +194,12 @@ def _train_config(args, overrides: dict[str, str]):
 
     if args.data:
         overrides["data.path"] = args.data
+    if args.init_from:
+        overrides["train.init_from"] = args.init_from
+    if args.hf_model:
+        overrides["train.hf_model"] = args.hf_model
+    if args.skip_bad_rows:
+        overrides["data.skip_bad_rows"] = "true"
     if args.log:
         overrides["log.backends"] = args.log
     if args.wandb_project:
@@ -265,10 +298,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from picolm.quickstart import run_quickstart
+    from picolm.quickstart import QuickstartOptions, run_quickstart
 
-    result = run_quickstart(Path(args.out), device=args.device, minutes=args.minutes, max_steps=args.max_steps)
-    return 130 if result.stop_reason == "interrupted" else 0
+    options = QuickstartOptions(**{k: v for k, v in vars(args).items() if k not in ("verb", "debug")})
+    run_quickstart(options)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

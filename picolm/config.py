@@ -13,7 +13,7 @@ from picolm.errors import PicolmError
 ATTENTION_KINDS = ("softmax",)
 POSITION_KINDS = ("learned", "rope", "none")
 MLP_KINDS = ("gelu", "swiglu")
-ARCHITECTURES = ("gpt",)
+ARCHITECTURES = ("gpt", "hf")  # hf: a Hugging Face causal LM started from with train.hf_model
 
 
 @dataclass
@@ -68,6 +68,34 @@ PRESETS: dict[str, dict] = {
 @dataclass
 class DataConfig:
     path: str = ""  # a directory written by `picolm prepare`
+    skip_bad_rows: bool = False  # SFT/DPO rows that cannot be used: report and skip them instead of stopping
+
+
+OBJECTIVE_KINDS = ("auto", "next_token", "sft", "dpo")
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge")
+
+
+@dataclass
+class ObjectiveConfig:
+    kind: str = "auto"  # auto (from the data: text -> next_token, sft, dpo) | next_token | sft | dpo
+    beta: float = 0.1  # DPO: strength of the pull toward the reference
+    loss: str = "sigmoid"  # DPO loss: sigmoid (DPO; cDPO with label_smoothing) | ipo | hinge
+    label_smoothing: float = 0.0  # conservative DPO: the assumed rate of flipped preference labels
+    length_normalize: bool = False  # DPO: mean instead of summed response log-probabilities (always for ipo)
+    reference: str = "precomputed"  # precomputed (once, before training; the reference model is dropped) | live
+    monitor: str = ""  # SFT: a DPO data directory whose chosen/rejected mean log-probabilities are logged
+
+    def validate(self) -> None:
+        checks = [
+            (self.kind in OBJECTIVE_KINDS, "kind", f"must be one of {', '.join(OBJECTIVE_KINDS)}"),
+            (self.loss in PREFERENCE_LOSSES, "loss", f"must be one of {', '.join(PREFERENCE_LOSSES)}"),
+            (self.beta > 0, "beta", "must be positive"),
+            (0.0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)"),
+            (self.reference in ("precomputed", "live"), "reference", "must be precomputed or live"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise PicolmError(why, field=f"objective.{name}")
 
 
 @dataclass
@@ -103,6 +131,8 @@ class TrainConfig:
     seed: int = 1337
     num_samples: int = 4  # samples written to samples.txt at the end
     sample_tokens: int = 64
+    init_from: str = ""  # start from this picolm run directory or checkpoint (its model and tokenizer)
+    hf_model: str = ""  # or from a Hugging Face causal LM: a hub name (gpt2) or a local directory
 
     def validate(self) -> None:
         checks = [
@@ -121,6 +151,7 @@ class TrainConfig:
             (self.eval_every > 0, "eval_every", "must be positive"),
             (self.eval_batches > 0, "eval_batches", "must be positive"),
             (self.log_every > 0, "log_every", "must be positive"),
+            (not (self.init_from and self.hf_model), "hf_model", "set init_from or hf_model, not both"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -140,11 +171,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> None:
         self.model.validate()
         self.train.validate()
+        self.objective.validate()
         for backend in self.log.backends:
             if backend not in ("tensorboard", "wandb"):
                 raise PicolmError(f"unknown backend {backend!r} (tensorboard, wandb)", field="log.backends")
@@ -153,7 +186,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "log": LogConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "objective": ObjectiveConfig,
+            "log": LogConfig}
 
 
 def _coerce(value, annotation: str, key: str, where: dict):
@@ -242,7 +276,7 @@ def read_recipe(path: str | Path) -> tuple[dict[str, object], dict[str, dict]]:
     if root is None:
         return values, lines
     if not isinstance(root, yaml.MappingNode):
-        raise PicolmError("a recipe is a mapping of sections (model, data, train, log)", path=path, line=1)
+        raise PicolmError("a recipe is a mapping of sections (model, data, train, objective, log)", path=path, line=1)
     for key_node, section_node in root.value:
         section = key_node.value
         if not isinstance(section_node, yaml.MappingNode):

@@ -119,7 +119,7 @@ def test_early_stopping_with_patience(numeric_data, tmp_path, monkeypatch):
 
 def test_epochs_set_the_number_of_steps(numeric_data, tmp_path):
     trainer = make_trainer(numeric_data, tmp_path / "run", **{"train.epochs": 1.0, "train.max_steps": None})
-    windows = trainer.train_data.windows_per_epoch
+    windows = trainer.train_data.items_per_epoch
     result = trainer.fit()
     assert result.global_step == -(-windows // 8)
     assert 1.0 <= trainer.train_data.epochs_done() < 1.0 + 8 / windows + 1e-9

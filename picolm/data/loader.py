@@ -21,7 +21,7 @@ class TokenWindows:
         self.block_size = block_size
         self.seed = seed
         self.rank, self.world_size = rank, world_size
-        if self.windows_per_epoch < 1:
+        if self.items_per_epoch < 1:
             raise PicolmError(f"only {len(self.tokens)} tokens: training needs at least 2 x block_size "
                               f"= {2 * block_size}", path=path)
         self.epoch = 0
@@ -29,19 +29,21 @@ class TokenWindows:
         self._order = None
 
     @property
-    def windows_per_epoch(self) -> int:
+    def items_per_epoch(self) -> int:
+        """Windows per epoch."""
         return (len(self.tokens) - 1 - (self.block_size - 1)) // self.block_size
 
     def _epoch_order(self) -> tuple[int, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         offset = int(torch.randint(0, self.block_size, (1,), generator=generator))
-        return offset, torch.randperm(self.windows_per_epoch, generator=generator)
+        return offset, torch.randperm(self.items_per_epoch, generator=generator)
 
     def _window(self, start: int) -> np.ndarray:
         return np.asarray(self.tokens[start:start + self.block_size + 1], dtype=np.int64)
 
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next `batch_size` windows of this rank; ranks read disjoint windows of one global order."""
+    def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The next `batch_size` windows of this rank as input_ids and targets; ranks read disjoint windows of one
+        global order."""
         rows = []
         while len(rows) < batch_size:
             if self._order is None:
@@ -54,10 +56,10 @@ class TokenWindows:
             rows.append(self._window(offset + int(order[index]) * self.block_size))
             self.cursor += 1
         batch = torch.from_numpy(np.stack(rows))
-        return batch[:, :-1], batch[:, 1:]
+        return {"input_ids": batch[:, :-1], "targets": batch[:, 1:]}
 
     def epochs_done(self) -> float:
-        per_rank = self.windows_per_epoch / self.world_size
+        per_rank = self.items_per_epoch / self.world_size
         return self.epoch + self.cursor / per_rank
 
     def state_dict(self) -> dict:

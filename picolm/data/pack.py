@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from picolm.data.examples import write_records
 from picolm.data.sources import HUB_SOURCES, SourceData, load_source
 from picolm.data.synthetic import NumericSpec
 from picolm.errors import PicolmError
@@ -46,6 +47,7 @@ class PrepareOptions:
     max_length: int | None = None
     max_value: int | None = None
     hub_dir: str | None = None
+    skip_bad_rows: bool = False
 
 
 def write_tokens(path: Path, tokens: np.ndarray) -> None:
@@ -155,13 +157,16 @@ def prepare(options: PrepareOptions, log=print) -> dict:
     out = Path(options.out)
     source_options = {"num_sequences": options.num_sequences, "min_length": options.min_length,
                       "max_length": options.max_length, "max_value": options.max_value, "seed": options.seed}
-    data = load_source(options.source, source_options, hub_dir=options.hub_dir, limit=options.limit)
+    data = load_source(options.source, source_options, hub_dir=options.hub_dir, limit=options.limit,
+                       skip_bad_rows=options.skip_bad_rows)
     data.splits = {name: subset(records, options) for name, records in data.splits.items()}
     splits = split_records(data, options)
     empty = [name for name in SPLITS if not splits[name]]
     if empty:
         raise PicolmError(f"the {'/'.join(empty)} split is empty; use more data or other --split-ratios",
                           field=options.source)
+    if data.task != "text":
+        return write_example_splits(out, splits, data.task, options, started, log)
     kind = options.tokenizer or default_tokenizer(options.source)
     tokenizer = build_tokenizer(kind, splits, options)
     kinds = sorted({r["kind"] for records in splits.values() for r in records}) if data.has_kinds else None
@@ -185,6 +190,7 @@ def prepare(options: PrepareOptions, log=print) -> dict:
         log(f"{name}: {len(splits[name]):,} documents, {len(tokens):,} tokens")
     meta = {
         "source": options.source,
+        "task": "text",
         "hub_repo": HUB_SOURCES[options.source].repo if options.source in HUB_SOURCES else None,
         "tokenizer": kind,
         "vocab_size": tokenizer.vocab_size,
@@ -198,9 +204,37 @@ def prepare(options: PrepareOptions, log=print) -> dict:
         "encode_tokens_per_second": round(sum(c["tokens"] for c in counts.values()) / max(encode_seconds, 1e-9)),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    write_meta(out, meta)
+    return meta
+
+
+def write_meta(out: Path, meta: dict) -> None:
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     os.replace(tmp, out / "meta.json")  # written last: a directory with meta.json is complete
+
+
+def write_example_splits(out: Path, splits: dict[str, list[dict]], task: str, options: PrepareOptions,
+                         started: float, log=print) -> dict:
+    """SFT or preference records as `<split>.jsonl`: they are tokenized when training starts, with the tokenizer
+    of the model being fine-tuned. `--tokenizer` adds one for training from scratch."""
+    if out.exists() and not out.is_dir():
+        raise PicolmError("exists and is not a directory", path=out)
+    out.mkdir(parents=True, exist_ok=True)
+    if options.tokenizer:
+        texts = {name: [{"text": r["prompt"] + " " + " ".join(r[k] for k in ("response", "chosen", "rejected")
+                                                                if k in r)} for r in records]
+                 for name, records in splits.items()}
+        build_tokenizer(options.tokenizer, texts, options).save(out / "tokenizer")
+    counts = {}
+    for name in SPLITS:
+        write_records(out / f"{name}.jsonl", splits[name])
+        counts[name] = {"examples": len(splits[name])}
+        log(f"{name}: {len(splits[name]):,} {'pairs' if task == 'dpo' else 'examples'}")
+    meta = {"source": options.source, "task": task, "tokenizer": options.tokenizer, "splits": counts,
+            "seed": options.seed, "options": {k: v for k, v in asdict(options).items() if k != "out"},
+            "seconds": round(time.perf_counter() - started, 2)}
+    write_meta(out, meta)
     return meta
 
 

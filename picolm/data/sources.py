@@ -1,18 +1,31 @@
-"""Named sources -> canonical records `{"text": ..., ["kind": ...]}`, grouped by split.
+"""Named sources -> canonical records, grouped by split.
 
 A source is built-in (`numeric`, `stories`), a Hugging Face hub dataset loaded with the real
-`datasets.load_dataset` call (`tinystories`, `wikitext-103`, `openwebtext`, `fineweb`), or a local
-file (`path.txt`, `path.jsonl[:field]`, `path.parquet[:field]`).
+`datasets.load_dataset` call (text: `tinystories`, `wikitext-103`, `openwebtext`, `fineweb`; examples: `alpaca`,
+`dolly` for SFT, `rm-static`, `hh-rlhf` for preference pairs), a local file (`path.txt`, `path.jsonl[:field]`,
+`path.json[:field]`, `path.parquet[:field]`), or `pairs:SOURCE`: preference pairs built from a text source's
+documents (`corpus_pairs`).
+
+Records are text `{"text"}` (numeric also has `"kind"`), SFT `{"id", "prompt", "response"}` or preference
+`{"id", "prompt", "chosen", "rejected"}`; `SourceData.task` says which. A `.jsonl`/`.json` file whose first row is
+not `{"text"}` is an example file: its layout (instruction/input/output, prompt|input with response|output or with
+chosen/rejected, or chat `messages`) is detected from that row and every row must share it. Example rows are
+checked with `sft_record`/`pair_record`; a bad row stops the load with its file and line (hub rows:
+`repo:split` and row number), or is reported on stderr and skipped with `skip_bad_rows=True`.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
 from pathlib import Path
 
+from picolm.data.records import BadRows, detect_task, pair_record, render_instruction, sft_record
 from picolm.errors import PicolmError
 
 Records = list[dict]
@@ -27,15 +40,120 @@ class SourceData:
     task: str = "text"  # text: {"text"} records; sft: {id, prompt, response}; dpo: {id, prompt, chosen, rejected}
 
 
+class RowProblem(ValueError):
+    """Raised by a row converter for a row that cannot be used; the loader hands it to `BadRows`."""
+
+    def __init__(self, message: str, row_field: str | None = None):
+        super().__init__(message)
+        self.row_field = row_field
+
+
 @dataclass(frozen=True)
 class HubSource:
     repo: str
     config: str | None
-    text_field: str
+    text_field: str | None  # text sources: the column holding the text
     splits: dict[str, str] = field(default_factory=dict)  # picolm split -> the dataset's split
     streaming: bool = False
     wikitext_articles: bool = False  # WikiText stores one paragraph per row; regroup into articles
+    task: str = "text"
+    columns: tuple[str, ...] = ()  # example sources: the columns `to_row` reads
+    to_row: Callable[[dict], dict] | None = None  # example sources: a hub row -> a row for sft_record/pair_record
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.columns or (self.text_field,)
+
+
+# ---------------------------------------------------------------- example rows -> rows for sft_record/pair_record
+
+
+def _string(row: dict, name: str, what: str) -> str:
+    value = row.get(name)
+    if not isinstance(value, str):
+        found = ", ".join(sorted(k for k, v in row.items() if v is not None)) or "no fields"
+        raise RowProblem(f"{what}: expected a string {name!r}, found {found}", row_field=name)
+    return value
+
+
+def instruction_row(row: dict, instruction: str = "instruction", input: str = "input",
+                    output: str = "output") -> dict:
+    """An Alpaca-style row -> `{prompt, response}`, the prompt rendered with `render_instruction`."""
+    text = _string(row, instruction, "instruction row")
+    if not text.strip():
+        raise RowProblem("empty instruction", row_field=instruction)
+    context = row.get(input)
+    if context is not None and not isinstance(context, str):
+        raise RowProblem("expected a string", row_field=input)
+    return {"prompt": render_instruction(text, context or ""),
+            "response": _string(row, output, "instruction row")}
+
+
+def preference_row(row: dict) -> dict:
+    """A row that already holds prompt, chosen and rejected (rm-static)."""
+    return {name: row.get(name) for name in ("prompt", "chosen", "rejected")}
+
+
+ASSISTANT_MARK = "\n\nAssistant:"
+
+
+def transcript_pair(row: dict) -> dict:
+    """Two full transcripts (hh-rlhf) -> the shared conversation up to and including the chosen transcript's last
+    "\\n\\nAssistant:" as the prompt, and the rest of each as chosen and rejected."""
+    chosen, rejected = _string(row, "chosen", "transcript pair"), _string(row, "rejected", "transcript pair")
+    cut = chosen.rfind(ASSISTANT_MARK)
+    if cut < 0:
+        raise RowProblem("no '\\n\\nAssistant:' turn in the chosen transcript", row_field="chosen")
+    prompt = chosen[:cut + len(ASSISTANT_MARK)]
+    if not rejected.startswith(prompt):
+        raise RowProblem("chosen and rejected transcripts differ before the last assistant turn",
+                         row_field="rejected")
+    return {"prompt": prompt, "chosen": chosen[len(prompt):], "rejected": rejected[len(prompt):]}
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+CHAT_HEADER = "<|{role}|>\n"
+CHAT_TURN = CHAT_HEADER + "{content}\n"
+
+
+def render_chat(messages: Iterable[dict]) -> str:
+    """Messages in picolm's plain-text chat template: each one as "<|role|>\\n{content}\\n"."""
+    return "".join(CHAT_TURN.format(role=m["role"], content=m["content"]) for m in messages)
+
+
+def chat_rows(messages) -> list[dict]:
+    """One `{prompt, response}` per assistant turn: the conversation before it, rendered, then "<|assistant|>\\n"."""
+    if not isinstance(messages, list):
+        raise RowProblem("expected a list of {role, content} messages", row_field="messages")
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise RowProblem(f"message {number}: expected an object with role and content strings",
+                             row_field="messages")
+        if message.get("role") not in CHAT_ROLES:
+            raise RowProblem(f"message {number}: unknown role {message.get('role')!r} "
+                             f"(use {', '.join(CHAT_ROLES)})", row_field="messages")
+        if message["role"] == "assistant" and not message["content"].strip():
+            raise RowProblem(f"message {number}: empty assistant turn", row_field="messages")
+    rows = [{"prompt": render_chat(messages[:i]) + CHAT_HEADER.format(role="assistant"),
+             "response": m["content"]} for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not rows:
+        raise RowProblem("no assistant turn", row_field="messages")
+    return rows
+
+
+def _checked(task: str, rows: Callable[[], list[dict]], bad: BadRows, path, line: int, index: int) -> Records:
+    """Rows from a converter, checked with `sft_record`/`pair_record`; a problem goes to `bad`."""
+    try:
+        converted = rows()
+    except RowProblem as problem:
+        bad.reject(str(problem), path=path, line=line, row_field=problem.row_field)
+        return []
+    check = sft_record if task == "sft" else pair_record
+    records = [check(row, bad, path=path, line=line, index=index) for row in converted]
+    return [r for r in records if r is not None]
+
+
+# ---------------------------------------------------------------- sources
 
 HUB_SOURCES = {
     "tinystories": HubSource("roneneldan/TinyStories", None, "text", {"train": "train", "validation": "validation"}),
@@ -44,11 +162,27 @@ HUB_SOURCES = {
                               wikitext_articles=True),
     "openwebtext": HubSource("Skylion007/openwebtext", None, "text", {"train": "train"}, streaming=True),
     "fineweb": HubSource("HuggingFaceFW/fineweb", "sample-10BT", "text", {"train": "train"}, streaming=True),
+    # example sources; a dataset's only held-out split becomes picolm's validation (halved into val and test)
+    "alpaca": HubSource("tatsu-lab/alpaca", None, None, {"train": "train"}, task="sft",
+                        columns=("instruction", "input", "output"), to_row=instruction_row),
+    "dolly": HubSource("databricks/databricks-dolly-15k", None, None, {"train": "train"}, task="sft",
+                       columns=("instruction", "context", "response"),
+                       to_row=partial(instruction_row, input="context", output="response")),
+    "rm-static": HubSource("Dahoas/rm-static", None, None, {"train": "train", "validation": "test"}, task="dpo",
+                           columns=("prompt", "chosen", "rejected"), to_row=preference_row),
+    "hh-rlhf": HubSource("Anthropic/hh-rlhf", None, None, {"train": "train", "validation": "test"}, task="dpo",
+                         columns=("chosen", "rejected"), to_row=transcript_pair),
 }
-BUILTIN_SOURCES = ("numeric", "stories")
+BUILTIN_SOURCES = ("numeric", "stories", "horror-sft", "horror-dpo")
+TALES_PER_STORY = 1 / 6  # the story corpus mixes in horror and wholesome tales, so a base model knows both registers
+SEED_OFFSETS = {"stories": 0, "horror-sft": 1, "horror-dpo": 2}  # different specs for each built-in source
+PAIRS_PREFIX = "pairs:"
 WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
 BLANK_LINE = re.compile(r"\n[ \t]*\n")
 FIELD_SUFFIX = re.compile(r"^(?P<path>.+\.(?:jsonl|json|parquet)):(?P<field>[^/\\]+)$")
+JSON_SPACE = re.compile(r"[ \t\n\r]*")
+LAYOUTS = ("text; instruction with output; prompt (or input) with response (or output); "
+           "prompt (or input) with chosen and rejected; or messages")
 
 
 def read_text_file(path: Path) -> Records:
@@ -70,8 +204,52 @@ def read_text_file(path: Path) -> Records:
     return records
 
 
-def read_jsonl_file(path: Path, text_field: str) -> Records:
-    records = []
+def _json_array_start(path: Path) -> bool:
+    """Whether the file's first non-blank character is "[" (a JSON array rather than JSON Lines)."""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            stripped = chunk.lstrip(b"\xef\xbb\xbf \t\r\n")
+            if stripped:
+                return stripped.startswith(b"[")
+    return False
+
+
+def _json_array_rows(path: Path) -> Iterator[tuple[int, object]]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PicolmError("not UTF-8 text", path=path, line=data[:exc.start].count(b"\n") + 1) from None
+    decoder, line, seen = json.JSONDecoder(), 1, 0
+    pos = JSON_SPACE.match(text, text.index("[") + 1).end()
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            try:
+                row, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                raise PicolmError(f"not valid JSON ({exc.msg})", path=path, line=exc.lineno) from None
+            line, seen = line + text.count("\n", seen, pos), pos
+            yield line, row
+            pos = JSON_SPACE.match(text, end).end()
+            if text.startswith(",", pos):
+                pos = JSON_SPACE.match(text, pos + 1).end()
+                continue
+            if text.startswith("]", pos):
+                pos += 1
+                break
+            raise PicolmError("not valid JSON (expected ',' or ']' after a row)", path=path,
+                              line=text.count("\n", 0, pos) + 1)
+    if JSON_SPACE.match(text, pos).end() != len(text):
+        raise PicolmError("not valid JSON (extra data after the array)", path=path, line=text.count("\n", 0, pos) + 1)
+
+
+def read_json_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """`(line, row)` for each row of a JSON Lines file, or of a `.json` file holding one array of rows."""
+    if path.suffix.lower() == ".json" and _json_array_start(path):
+        yield from _json_array_rows(path)
+        return
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -82,15 +260,73 @@ def read_jsonl_file(path: Path, text_field: str) -> Records:
                 raise PicolmError("not UTF-8 text", path=path, line=number) from None
             except json.JSONDecodeError as exc:
                 raise PicolmError(f"not valid JSON ({exc.msg})", path=path, line=number) from None
-            if not isinstance(row, dict) or text_field not in row:
-                raise PicolmError(f"no field {text_field!r}", path=path, line=number, field=text_field)
-            if not isinstance(row[text_field], str):
-                raise PicolmError("expected a string", path=path, line=number, field=text_field)
-            if row[text_field].strip():
-                records.append({"text": row[text_field]})
+            yield number, row
+
+
+def _text_records(rows: Iterable[tuple[int, object]], path: Path, text_field: str, bad: BadRows,
+                  layout_hint: bool = False) -> Records:
+    records = []
+    for number, row in rows:
+        if not isinstance(row, dict) or text_field not in row:
+            layout = detect_task(row) if layout_hint and isinstance(row, dict) else None
+            hint = (f" (this row holds {layout} example fields, but the file's first row is text; every row must share "
+                    "one layout)" if layout and layout != "text" else "")
+            bad.reject(f"no field {text_field!r}{hint}", path=path, line=number, row_field=text_field)
+        elif not isinstance(row[text_field], str):
+            bad.reject("expected a string", path=path, line=number, row_field=text_field)
+        elif row[text_field].strip():
+            records.append({"text": row[text_field]})
     if not records:
         raise PicolmError("file holds no text", path=path)
     return records
+
+
+def read_jsonl_file(path: Path, text_field: str, bad: BadRows | None = None) -> Records:
+    """Text records from one field of each row of a JSON Lines (or `.json` array) file."""
+    return _text_records(read_json_rows(path), path, text_field, bad or BadRows())
+
+
+def _local_rows(row: dict, task: str, index: int) -> list[dict]:
+    """A local example row -> rows for sft_record/pair_record, keeping the row's id."""
+    if task == "sft" and "messages" in row:
+        base = row.get("id", index)
+        return [{**r, "id": f"{base}-{turn}"} for turn, r in enumerate(chat_rows(row["messages"]))]
+    if task == "sft" and "instruction" in row:
+        converted = instruction_row(row, input="context" if "context" in row and "input" not in row else "input",
+                                    output="response" if "response" in row and "output" not in row else "output")
+        return [{**converted, "id": row.get("id", index)}]
+    return [row]
+
+
+def read_example_file(path: Path, bad: BadRows) -> SourceData:
+    """A `.jsonl`/`.json` file, its layout detected from the first row: text, sft or dpo records."""
+    rows = read_json_rows(path)
+    task, seen = None, False
+    for number, row in rows:
+        seen = True
+        task = detect_task(row) if isinstance(row, dict) else None
+        if task == "text":
+            return SourceData({"all": _text_records(chain([(number, row)], rows), path, "text", bad,
+                                                    layout_hint=True)})
+        if task is not None:
+            rows = chain([(number, row)], rows)
+            break
+        found = ", ".join(sorted(row)) if isinstance(row, dict) else f"a JSON {type(row).__name__}"
+        bad.reject(f"unknown row layout: expected {LAYOUTS}; found {found or 'no fields'}", path=path, line=number)
+    if task is None:
+        raise PicolmError("file holds no usable rows" if seen else "file holds no text", path=path)
+    records: Records = []
+    for index, (number, row) in enumerate(rows):
+        layout = detect_task(row) if isinstance(row, dict) else None
+        if layout != task:
+            found = ", ".join(sorted(row)) if isinstance(row, dict) else f"a JSON {type(row).__name__}"
+            bad.reject(f"row layout is {layout or 'unknown'} ({found or 'no fields'}), but the file's first row is "
+                       f"{task}; every row must share one layout", path=path, line=number)
+            continue
+        records += _checked(task, partial(_local_rows, row, task, index), bad, path, number, index)
+    if not records:
+        raise PicolmError("file holds no usable examples", path=path)
+    return SourceData({"all": records}, task=task)
 
 
 def read_parquet_file(path: Path, text_field: str) -> Records:
@@ -110,23 +346,26 @@ def read_parquet_file(path: Path, text_field: str) -> Records:
     return records
 
 
-def _split_field(spec: str, default: str) -> tuple[Path, str]:
+def _split_field(spec: str, default: str | None) -> tuple[Path, str | None]:
     """`data/x.jsonl:body` -> (data/x.jsonl, "body"); colons elsewhere in the path are kept."""
     match = FIELD_SUFFIX.match(spec)
     return (Path(match["path"]), match["field"]) if match else (Path(spec), default)
 
 
-def load_local(spec: str) -> SourceData:
-    path, text_field = _split_field(spec, "text")
+def load_local(spec: str, bad: BadRows | None = None) -> SourceData:
+    """A local file: text, or, for a `.jsonl`/`.json` file without a `:field`, whatever layout its rows have."""
+    bad = bad if bad is not None else BadRows()
+    path, text_field = _split_field(spec, None)
     if not path.exists():
         raise PicolmError("no such file", path=path)
     if path.is_dir():
-        raise PicolmError("is a directory; name a .txt, .jsonl or .parquet file", path=path)
+        raise PicolmError("is a directory; name a .txt, .jsonl, .json or .parquet file", path=path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        return SourceData({"all": read_jsonl_file(path, text_field)})
+        return SourceData({"all": read_jsonl_file(path, text_field, bad)}) if text_field else \
+            read_example_file(path, bad)
     if suffix == ".parquet":
-        return SourceData({"all": read_parquet_file(path, text_field)})
+        return SourceData({"all": read_parquet_file(path, text_field or "text")})
     return SourceData({"all": read_text_file(path)})
 
 
@@ -154,25 +393,47 @@ def _hub_texts(rows, source: HubSource, limit: int | None) -> Iterator[str]:
                 return
 
 
-def load_hub(name: str, hub_dir: str | None = None, limit: int | None = None) -> SourceData:
-    """Load a hub dataset with `datasets.load_dataset`; `hub_dir` points the same call at a local copy."""
+def _hub_examples(rows, source: HubSource, split: str, bad: BadRows, limit: int | None) -> Records:
+    """Checked example records from a split's rows; a bad row is named `repo:split` and its row number."""
+    records: Records = []
+    where = f"{source.repo}:{split}"
+    for index, row in enumerate(rows):
+        records += _checked(source.task, lambda: [source.to_row(row)], bad, where, index + 1, index)
+        if limit is not None and len(records) >= limit:
+            return records[:limit]
+    return records
+
+
+def _hub_split(name: str, source: HubSource, path: str, config: str | None, split: str):
+    """One split through `datasets.load_dataset`; every failure becomes one clear line."""
     import datasets
 
+    try:
+        rows = datasets.load_dataset(path, config, split=split, streaming=source.streaming)
+    except Exception as exc:  # network, missing split, schema: all become one clear line
+        raise PicolmError(f"could not load {source.repo} split {split!r} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                          "without internet, download it first or pass --hub-dir with a local copy",
+                          field=name) from None
+    for column in source.needs:
+        if column not in (rows.column_names or [column]):  # streaming datasets may not know their columns
+            raise PicolmError(f"dataset has no field {column!r}", path=path, field=column)
+    return rows
+
+
+def load_hub(name: str, hub_dir: str | None = None, limit: int | None = None,
+             bad: BadRows | None = None) -> SourceData:
+    """Load a hub dataset with `datasets.load_dataset`; `hub_dir` points the same call at a local copy.
+    `limit` caps the documents (or example records) per split."""
     source = HUB_SOURCES[name]
+    bad = bad if bad is not None else BadRows()
     path, config = (hub_dir, None) if hub_dir else (source.repo, source.config)
     splits = {}
     for ours, theirs in source.splits.items():
-        try:
-            rows = datasets.load_dataset(path, config, split=theirs, streaming=source.streaming)
-        except Exception as exc:  # network, missing split, schema: all become one clear line
-            raise PicolmError(f"could not load {source.repo} split {theirs!r} "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                              "without internet, download it first or pass --hub-dir with a local copy",
-                              field=name) from None
-        if source.text_field not in (rows.column_names or [source.text_field]):
-            raise PicolmError(f"dataset has no field {source.text_field!r}", path=path, field=source.text_field)
-        splits[ours] = [{"text": t} for t in _hub_texts(rows, source, limit)]
-    return SourceData(splits if len(splits) > 1 else {"all": splits["train"]})
+        rows = _hub_split(name, source, path, config, theirs)
+        splits[ours] = ([{"text": t} for t in _hub_texts(rows, source, limit)] if source.to_row is None
+                        else _hub_examples(rows, source, theirs, bad, limit))
+    return SourceData(splits if len(splits) > 1 else {"all": splits["train"]}, task=source.task)
 
 
 def load_builtin(name: str, options: dict) -> SourceData:
@@ -181,20 +442,122 @@ def load_builtin(name: str, options: dict) -> SourceData:
 
         spec = NumericSpec(**{k: v for k, v in options.items() if v is not None and k in NumericSpec.__annotations__})
         return SourceData({"all": generate_numeric(spec)}, has_kinds=True)
+    from picolm.data import specs
     from picolm.data.stories import DEFAULT_NUM_STORIES, generate_stories
 
+    seed = options.get("seed", 0) * len(SEED_OFFSETS) + SEED_OFFSETS[name]
+    if name == "horror-sft":
+        return SourceData({"all": specs.generate_sft_rows(options.get("num_sequences") or specs.DEFAULT_SFT_ROWS,
+                                                          seed=seed)}, task="sft")
+    if name == "horror-dpo":
+        count = options.get("num_sequences") or specs.DEFAULT_PREFERENCE_ROWS
+        return SourceData({"all": specs.generate_preference_rows(count, seed=seed)}, task="dpo")
     count = options.get("num_sequences") or DEFAULT_NUM_STORIES
-    return SourceData({"all": [{"text": t} for t in generate_stories(count, seed=options.get("seed", 0))]})
+    texts = generate_stories(count, seed=seed) + specs.generate_tales(round(count * TALES_PER_STORY), seed=seed)
+    random.Random(seed).shuffle(texts)
+    return SourceData({"all": [{"text": t} for t in texts]})
 
 
-def load_source(spec: str, options: dict | None = None, hub_dir: str | None = None,
-                limit: int | None = None) -> SourceData:
-    options = options or {}
+# ---------------------------------------------------------------- preference pairs from a text corpus
+
+PAIR_MIN_WORDS = 24  # shorter documents are skipped
+PAIR_PROMPT_WORDS = (8, 240)  # the prompt is the first third of the words, within these bounds
+PAIR_CONTINUATION_WORDS = 120  # the chosen continuation is at most this long
+WORD = re.compile(r"\S+")
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
+
+
+def _shuffled_sentences(continuation: str, rng: random.Random) -> str | None:
+    """The continuation's sentences in another order, or None when it has fewer than 3 or order cannot show."""
+    body = continuation.lstrip()
+    sentences = SENTENCE_BREAK.split(body)
+    if len(sentences) < 3:
+        return None
+    order = list(range(len(sentences)))
+    rng.shuffle(order)
+    if order == sorted(order):
+        order = order[1:] + order[:1]
+    shuffled = " ".join(sentences[i] for i in order)
+    if shuffled == " ".join(sentences):  # repeated sentences: no order to get wrong
+        return None
+    return continuation[:len(continuation) - len(body)] + shuffled
+
+
+def _other_continuation(docs: list[tuple[int, str, str]], n: int, rng: random.Random) -> str | None:
+    """Another document's continuation that differs from document n's, or None when there is none."""
+    if len(docs) < 2:
+        return None
+    start = rng.randrange(len(docs) - 1)
+    start += start >= n
+    for j in (*range(start, len(docs)), *range(start)):
+        if j != n and docs[j][2] != docs[n][2]:
+            return docs[j][2]
+    return None
+
+
+def corpus_pairs(records: Records, seed: int = 0) -> Records:
+    """Preference pairs from documents: prompt = a document's first third, chosen = its true continuation,
+    rejected = that continuation with its sentences shuffled, or another document's continuation."""
+    docs = []  # (record index, prompt, continuation)
+    for index, record in enumerate(records):
+        text = record["text"]
+        ends = [m.end() for m in WORD.finditer(text)]
+        if len(ends) < PAIR_MIN_WORDS:
+            continue
+        low, high = PAIR_PROMPT_WORDS
+        cut = min(max(len(ends) // 3, low), high)
+        stop = min(len(ends), cut + PAIR_CONTINUATION_WORDS)
+        docs.append((index, text[:ends[cut - 1]], text[ends[cut - 1]:ends[stop - 1]]))
+    rng = random.Random(seed)
+    pairs = []
+    for n, (index, prompt, chosen) in enumerate(docs):
+        shuffled = _shuffled_sentences(chosen, rng)
+        rejected = shuffled if shuffled is not None and rng.random() < 0.5 else None
+        rejected = rejected or _other_continuation(docs, n, rng) or shuffled
+        if rejected is not None:
+            pairs.append({"id": str(index), "prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return pairs
+
+
+def load_pairs(spec: str, options: dict, hub_dir: str | None, limit: int | None, bad: BadRows) -> SourceData:
+    """`pairs:SOURCE`: `corpus_pairs` on each split of a text source, seeded by `options["seed"]`."""
+    inner = spec[len(PAIRS_PREFIX):]
+    if not inner:
+        raise PicolmError("name the text source to build pairs from, as in pairs:stories", field=spec)
+    data = _load(inner, options, hub_dir, limit, bad)
+    if data.task != "text":
+        raise PicolmError(f"pairs are built from a text source; {inner} holds {data.task} examples", field=spec)
+    splits = {name: corpus_pairs(records, options.get("seed") or 0) for name, records in data.splits.items()}
+    empty = [name for name, pairs in splits.items() if not pairs]
+    if empty:
+        raise PicolmError(f"no pairs in the {'/'.join(empty)} split: documents need at least {PAIR_MIN_WORDS} "
+                          "words and a continuation that differs from another's", field=spec)
+    return SourceData(splits, task="dpo")
+
+
+# ---------------------------------------------------------------- any source by name
+
+
+def _load(spec: str, options: dict, hub_dir: str | None, limit: int | None, bad: BadRows) -> SourceData:
+    if spec.startswith(PAIRS_PREFIX):
+        return load_pairs(spec, options, hub_dir, limit, bad)
     if spec in BUILTIN_SOURCES:
         return load_builtin(spec, options)
     if spec in HUB_SOURCES:
-        return load_hub(spec, hub_dir, limit)
-    if Path(_split_field(spec, "text")[0]).suffix or Path(spec).exists():
-        return load_local(spec)
-    known = ", ".join(BUILTIN_SOURCES + tuple(HUB_SOURCES))
-    raise PicolmError(f"unknown source; use one of {known}, or a .txt/.jsonl/.parquet file", field=spec)
+        return load_hub(spec, hub_dir, limit, bad)
+    if Path(_split_field(spec, None)[0]).suffix or Path(spec).exists():
+        return load_local(spec, bad)
+    text = ", ".join(BUILTIN_SOURCES + tuple(n for n, s in HUB_SOURCES.items() if s.task == "text"))
+    examples = ", ".join(n for n, s in HUB_SOURCES.items() if s.task != "text")
+    raise PicolmError(f"unknown source; use one of {text} (text), {examples} (examples), {PAIRS_PREFIX}SOURCE "
+                      "(preference pairs from a text source), or a .txt/.jsonl/.json/.parquet file", field=spec)
+
+
+def load_source(spec: str, options: dict | None = None, hub_dir: str | None = None,
+                limit: int | None = None, skip_bad_rows: bool = False) -> SourceData:
+    """A source's records by split; with `skip_bad_rows`, unusable example rows are dropped and listed on
+    stderr instead of stopping the load."""
+    bad = BadRows(skip=skip_bad_rows)
+    data = _load(spec, options or {}, hub_dir, limit, bad)
+    bad.report()
+    return data

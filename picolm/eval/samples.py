@@ -23,14 +23,13 @@ def document_openings(tokens: np.ndarray, eos_id: int, count: int, prompt_tokens
     return openings
 
 
-def write_samples(model, tokenizer, tokens: np.ndarray, path: str | Path, count: int = 4, max_new_tokens: int = 64,
-                  prompt_tokens: int = 4, temperature: float = 0.8, top_k: int = 50, seed: int = 0,
-                  device="cpu") -> list[str]:
-    """Write `count` prompt -> continuation samples; returns them."""
+def write_samples(model, tokenizer, prompts: list[list[int]], path: str | Path, max_new_tokens: int = 64,
+                  temperature: float = 0.8, top_k: int = 50, seed: int = 0, device="cpu") -> list[str]:
+    """Write a prompt -> sample pair for each prompt; returns them."""
     samples = []
-    for i, prompt in enumerate(document_openings(tokens, tokenizer.eos_id, count, prompt_tokens)):
+    for i, prompt in enumerate(prompts):
         new = generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
                        eos_id=tokenizer.eos_id, seed=seed + i, device=device, vocab_size=tokenizer.vocab_size)
-        samples.append(f"[prompt] {tokenizer.decode(prompt)}\n[sample] {tokenizer.decode(prompt + new)}\n")
+        samples.append(f"[prompt] {tokenizer.decode(prompt)}\n[sample] {tokenizer.decode(new)}\n")
     Path(path).write_text("\n".join(samples), encoding="utf-8")
     return samples

@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from picolm.config import ModelConfig
 from picolm.models.attention import build_attention
-from picolm.models.linear_cross_entropy import linear_cross_entropy
+from picolm.models.linear_cross_entropy import linear_cross_entropy, linear_log_probs
 from picolm.models.position import LearnedPosition, build_position
 
 
@@ -48,8 +48,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rotary=None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.ln_1(x), rotary))
+    def forward(self, x: torch.Tensor, rotary=None, attn_mask=None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_1(x), rotary, attn_mask))
         return x + self.dropout(self.mlp(self.ln_2(x)))
 
 
@@ -90,12 +90,17 @@ class GPT(nn.Module):
             n -= self.position.wpe.weight.numel()
         return n
 
-    def hidden_states(self, idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        """The final-norm hidden states (B, T, C) for token ids (B, T)."""
+    def hidden_states(self, idx: torch.Tensor, start_pos: int = 0, positions: torch.Tensor | None = None,
+                      attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The final-norm hidden states (B, T, C) for token ids (B, T).
+
+        Packed sequences (several continuations of one prompt in a row) pass their own `positions` (B, T)
+        and `attn_mask` (B, 1, T, T), True where a token may attend."""
         T = idx.shape[1]
-        if start_pos + T > self.config.block_size:
-            raise ValueError(f"sequence of {start_pos + T} tokens is longer than block_size={self.config.block_size}")
-        positions = torch.arange(start_pos, start_pos + T, device=idx.device)
+        if positions is None:
+            if start_pos + T > self.config.block_size:
+                raise ValueError(f"sequence of {start_pos + T} tokens is longer than block_size={self.config.block_size}")
+            positions = torch.arange(start_pos, start_pos + T, device=idx.device)
         x = self.wte(idx)
         pos_emb = self.position.input_embedding(positions)
         if pos_emb is not None:
@@ -104,15 +109,19 @@ class GPT(nn.Module):
         rotary = self.position.rotary(positions)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, rotary, use_reentrant=False)
+                x = checkpoint(block, x, rotary, attn_mask, use_reentrant=False)
             else:
-                x = block(x, rotary)
+                x = block(x, rotary, attn_mask)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Logits (B, T, vocab) for token ids (B, T); with targets, (mean loss, correct, counted) instead,
-        through the fused head + cross-entropy (the logits are never materialised)."""
-        hidden = self.hidden_states(idx)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None, predict_at: torch.Tensor | None = None):
+        """Logits (B, T, vocab) for token ids (B, T). With targets, (mean loss, correct, counted) instead, through
+        the fused head + cross-entropy (the logits are never materialised). With `predict_at` (flat indices into
+        B * T), the log-probability of each target (N,) at those positions: packed preference rows need that."""
+        hidden = self.hidden_states(idx, positions=positions, attn_mask=attn_mask)
         if targets is None:
             return self.lm_head(hidden)
+        if predict_at is not None:
+            return linear_log_probs(hidden.flatten(0, 1)[predict_at], self.lm_head.weight, targets)
         return linear_cross_entropy(hidden, self.lm_head.weight, targets)

@@ -79,3 +79,53 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     targets = targets.reshape(-1)
     chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
     return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows)
+
+
+class _LinearLogProbs(torch.autograd.Function):
+    """Per-row log p(target) under softmax(hidden @ weight.T); the backward pass recomputes each chunk's logits,
+    since the per-row upstream gradients are unknown until then."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_rows):
+        device_type = hidden.device.type
+        dtype = _compute_dtype(device_type) or hidden.dtype
+        acc_dtype = torch.promote_types(dtype, torch.float32)
+        log_probs = torch.empty(hidden.shape[0], dtype=acc_dtype, device=hidden.device)
+        w = weight.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk_rows):
+                logits = (hidden[start:start + chunk_rows].to(dtype) @ w.t()).to(acc_dtype)
+                t = targets[start:start + chunk_rows]
+                log_probs[start:start + chunk_rows] = logits.gather(1, t[:, None]).squeeze(1) - logits.logsumexp(-1)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.chunk_rows, ctx.dtype, ctx.acc_dtype = chunk_rows, dtype, acc_dtype
+        return log_probs
+
+    @staticmethod
+    def backward(ctx, grad_log_probs):
+        hidden, weight, targets = ctx.saved_tensors
+        dtype, acc_dtype, rows = ctx.dtype, ctx.acc_dtype, ctx.chunk_rows
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if ctx.needs_input_grad[1] else None
+        w = weight.to(dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], rows):
+                h = hidden[start:start + rows].to(dtype)
+                t = targets[start:start + rows]
+                # d log p(t) / d logits = onehot(t) - softmax(logits), scaled by each row's upstream gradient
+                grad_logits = (h @ w.t()).to(acc_dtype).softmax(-1).neg_()
+                grad_logits[torch.arange(len(t), device=t.device), t] += 1.0
+                grad_logits.mul_(grad_log_probs[start:start + rows, None].to(acc_dtype))
+                grad_logits = grad_logits.to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[start:start + rows] = (grad_logits @ w).to(hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight += (grad_logits.t() @ h).to(acc_dtype)
+        return grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None, None, None
+
+
+def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(hidden @ weight.T)[target] for each row of hidden (N, C) and target (N,), in float32;
+    the (N x vocab) logits are made a chunk at a time and never kept."""
+    chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+    return _LinearLogProbs.apply(hidden, weight, targets, chunk_rows)

@@ -39,10 +39,15 @@ def load_model(target: str | Path, device="cpu") -> LoadedModel:
     """A run directory (its best, else last, checkpoint) or a checkpoint file -> model in eval mode."""
     path = find_checkpoint(target)
     state = load_checkpoint(path, mmap=True)
-    if state["architecture"] not in ARCHITECTURES:
+    if state["architecture"] not in (*ARCHITECTURES, "hf"):
         raise PicolmError(f"unknown architecture {state['architecture']!r}", path=path)
-    model = build_model(model_config_from_checkpoint(state, path))
-    model.load_state_dict(state["model_state_dict"])
+    if state["architecture"] == "hf":
+        from picolm.models.hf import hf_model_from_checkpoint
+
+        model = hf_model_from_checkpoint(state["model_config"], state["model_state_dict"])
+    else:
+        model = build_model(model_config_from_checkpoint(state, path))
+        model.load_state_dict(state["model_state_dict"])
     model.to(device).eval()
     return LoadedModel(model, tokenizer_from_dict(state["tokenizer"]), state, path)
 

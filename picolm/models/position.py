@@ -37,13 +37,16 @@ class RotaryPosition(NoPosition):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = torch.outer(positions.float(), self.inv_freq)
+        """(T, D) angles for positions (T,); (B, 1, T, D) for per-row positions (B, T)."""
+        angles = positions.float()[..., None] * self.inv_freq
         angles = torch.cat((angles, angles), dim=-1)
+        if angles.dim() == 3:
+            angles = angles[:, None]
         return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) queries or keys by the (T, D) angles."""
+    """Rotate (B, H, T, D) queries or keys by (T, D) or (B, 1, T, D) angles."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)

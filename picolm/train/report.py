@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from picolm.analysis.curves import plot_loss
-from picolm.eval.samples import write_samples
+from picolm.eval.samples import document_openings, write_samples
 from picolm.train.tracking import read_metrics
+
+
+def sample_prompts(trainer, count: int) -> list[list[int]]:
+    """Held-out document openings for a language model; held-out prompts for SFT and DPO."""
+    if trainer.task == "text":
+        return document_openings(trainer.val_tokens, trainer.tokenizer.eos_id, count, prompt_tokens=4)
+    return [p.tolist() for p in trainer.val_examples.prompts[:count]]
 
 
 def finish_run(trainer, result) -> None:
@@ -12,11 +19,11 @@ def finish_run(trainer, result) -> None:
     run_dir = result.run_dir
     plot_loss(read_metrics(run_dir), run_dir / "plots" / "loss.png", title=f"{run_dir.name}: loss")
     t = trainer.config.train
-    samples = write_samples(trainer.model, trainer.tokenizer, trainer.val_tokens, run_dir / "samples.txt",
-                            count=t.num_samples, max_new_tokens=t.sample_tokens, device=trainer.device)
+    samples = write_samples(trainer.model, trainer.tokenizer, sample_prompts(trainer, t.num_samples),
+                            run_dir / "samples.txt", max_new_tokens=t.sample_tokens, device=trainer.device)
     metrics = result.final_metrics
-    print(f"\nstopped ({result.stop_reason}) at step {result.global_step}: val loss {metrics['val/loss']:.4f}, "
-          f"perplexity {metrics['val/perplexity']:.2f}, accuracy {metrics['val/accuracy']:.3f}")
+    shown = ", ".join(f"{name} {metrics['val/' + name]:.4f}" for name in trainer.evaluation_names()[:3])
+    print(f"\nstopped ({result.stop_reason}) at step {result.global_step}: val {shown}")
     if samples:
         print("\n" + samples[0])
     print(f"run directory: {run_dir}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import signal
 import sys
 import time
@@ -14,16 +13,21 @@ from pathlib import Path
 import torch
 
 from picolm.config import Config, save_config
+from picolm.data.examples import ExampleBatches, in_order, load_examples
 from picolm.data.loader import TokenWindows, check_split
+from picolm.data.records import BadRows
 from picolm.data.pack import load_meta
 from picolm.errors import PicolmError, TrainingStopped
 from picolm.eval.lm import evaluate_tokens, evaluation_metric_names, load_split
-from picolm.models.loading import build_model, describe_mismatch
+from picolm.models.loading import LoadedModel, build_model, describe_mismatch, load_model
 from picolm.tokenizer import load_tokenizer
 from picolm.train.checkpoint import load_checkpoint, save_checkpoint
-from picolm.train.objectives import NextToken
+from picolm.train.objectives import (PREFERENCE_METRICS, Preference, build_objective, evaluate_objective,
+                                     precompute_reference, sequence_log_probs)
 from picolm.train.optim import build_optimizers, load_optimizer_state, lr_factor, set_lr, warmup_steps
 from picolm.train.tracking import Tracker
+
+MONITOR_PAIRS = 64  # held-out pairs the SFT monitor scores at each evaluation
 
 
 def resolve_device(name: str, field: str = "train.device") -> torch.device:
@@ -97,30 +101,72 @@ class StopFlag:
 class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, objective=None, log=print):
         self.config, self.run_dir, self.log = config, Path(run_dir), log
-        self.objective = objective or NextToken()
         self.meta = load_meta(config.data.path)
         self.data_dir = Path(config.data.path)
-        self.tokenizer = load_tokenizer(self.data_dir / "tokenizer")
-        self._check_vocabulary()
+        self.task = self.meta.get("task", "text")
         self.device = resolve_device(config.train.device)
         self.autocast_dtype = resolve_precision(config.train.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.objective = objective or build_objective(self._objective_kind(), config.objective)
+        start = self._starting_model(resume)
+        self.tokenizer = self._tokenizer(start, resume)
+        self._check_vocabulary()
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config.model).to(self.device)
+        self.model = (start.model if start else build_model(config.model)).to(self.device).train()
         self.model.grad_checkpointing = config.train.grad_checkpointing
+        if isinstance(self.objective, Preference) and config.objective.reference == "live":
+            self.objective.keep_reference(self.model)
         self.optimizers = build_optimizers(self.model, config.train, self.device.type)
-        self.train_data = TokenWindows(self.data_dir / "train.bin", config.model.block_size, seed=config.train.seed)
-        self.val_tokens, self.val_kinds = load_split(self.data_dir, "val")
-        check_split(self.val_tokens, self.data_dir / "val.bin", config.model.vocab_size, config.model.block_size)
+        self._load_data()
         self._check_objective_settings()
         self.global_step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         self.best_metric, self.evals_without_improvement = None, 0
         self._prepare_run_dir(resume)
+        self._reference_log_probs()
         if config.train.compile:
-            for block in self.model.blocks:
+            for block in getattr(self.model, "blocks", None) or [self.model]:
                 block.compile()
 
     # -- set-up -------------------------------------------------------------------------------------
+    def _objective_kind(self) -> str:
+        kind = self.config.objective.kind
+        natural = {"text": "next_token", "sft": "sft", "dpo": "dpo"}[self.task]
+        if kind == "auto":
+            return natural
+        if kind != natural:
+            raise PicolmError(f"{kind} training needs {'text' if kind == 'next_token' else kind} data, but "
+                              f"{self.data_dir} holds {self.task} data", field="objective.kind")
+        return kind
+
+    def _starting_model(self, resume: bool):
+        """The picolm checkpoint (`train.init_from`) or Hugging Face model (`train.hf_model`) to start from; its
+        model config replaces the recipe's."""
+        t = self.config.train
+        if t.hf_model:  # rebuilt on resume too: the checkpoint then replaces its weights
+            from picolm.models.hf import load_hf_model
+
+            model, tokenizer = load_hf_model(t.hf_model)
+            self.config.model = model.config
+            self.log(f"starting from the Hugging Face model {t.hf_model}")
+            return LoadedModel(model, tokenizer, {}, Path(t.hf_model))
+        if not t.init_from or (resume and not (isinstance(self.objective, Preference)
+                                               and self.config.objective.reference == "live")):
+            return None  # a resumed run restores its own weights; only a live reference needs the start again
+        loaded = load_model(t.init_from)
+        self.config.model = loaded.model.config
+        self.log(f"starting from {loaded.path} (step {loaded.checkpoint.get('global_step', 0)})")
+        return loaded
+
+    def _tokenizer(self, start, resume: bool):
+        """The starting model's tokenizer, else the run's (on resume), else the data's."""
+        if start is not None:
+            return start.tokenizer
+        for directory in ((self.run_dir / "tokenizer") if resume else None, self.data_dir / "tokenizer"):
+            if directory is not None and directory.is_dir():
+                return load_tokenizer(directory)
+        raise PicolmError(f"{self.task} data carries no tokenizer: start from a model with --init-from RUN_DIR, or "
+                          "prepare the data with --tokenizer", path=self.data_dir)
+
     def _check_vocabulary(self) -> None:
         model, vocab = self.config.model, self.tokenizer.vocab_size
         if model.vocab_size == 0:
@@ -129,11 +175,53 @@ class Trainer:
             raise PicolmError(f"{model.vocab_size} is smaller than the tokenizer's {vocab}: token ids would fall "
                               "outside the embedding table", field="model.vocab_size")
 
+    def _load_data(self) -> None:
+        c = self.config
+        self.monitor_examples = None
+        if c.objective.monitor:
+            if load_meta(c.objective.monitor).get("task") != "dpo":
+                raise PicolmError("the monitor reads preference pairs: name a DPO data directory",
+                                  field="objective.monitor")
+            self.monitor_examples = load_examples(c.objective.monitor, "val", "dpo", self.tokenizer,
+                                                  c.model.block_size, BadRows(skip=True))
+        if self.task == "text":
+            self.train_data = TokenWindows(self.data_dir / "train.bin", c.model.block_size, seed=c.train.seed)
+            self.val_tokens, self.val_kinds = load_split(self.data_dir, "val")
+            check_split(self.val_tokens, self.data_dir / "val.bin", c.model.vocab_size, c.model.block_size)
+            return
+        bad = BadRows(skip=c.data.skip_bad_rows)
+        train = load_examples(self.data_dir, "train", self.task, self.tokenizer, c.model.block_size, bad)
+        self.val_examples = load_examples(self.data_dir, "val", self.task, self.tokenizer, c.model.block_size, bad)
+        bad.report(self.log)
+        if train.truncated:
+            self.log(f"note: {train.truncated} training examples were cut to fit the context of {c.model.block_size}")
+        self.train_data = ExampleBatches(train, self.tokenizer.eos_id, seed=c.train.seed)
+
+    def _reference_log_probs(self) -> None:
+        """DPO with a precomputed reference: the starting policy's log-probabilities, once, before training
+        (a resumed run has them from its checkpoint)."""
+        if not (isinstance(self.objective, Preference) and self.config.objective.reference == "precomputed"):
+            return
+        for examples in (self.train_data.examples, self.val_examples):
+            if examples.reference is None:
+                t = self.config.train
+                started = time.perf_counter()
+                examples.reference = precompute_reference(self.model, examples, 2 * (t.micro_batch_size or t.batch_size),
+                                                          self.tokenizer.eos_id, self.device, self.autocast,
+                                                          self.objective.length_normalize)
+                self.log(f"reference log-probabilities of {len(examples)} pairs in "
+                         f"{time.perf_counter() - started:.1f} s")
+
+    def evaluation_names(self) -> list[str]:
+        if self.task == "text":
+            return evaluation_metric_names(self.meta.get("kinds"))
+        return list(PREFERENCE_METRICS) if self.task == "dpo" else ["loss", "perplexity", "accuracy"]
+
     def _check_objective_settings(self) -> None:
         if getattr(self.objective, "needs_causal", False) and not self.config.model.causal:
             raise PicolmError("next-token training needs a causal model: with causal false it would see its "
                               "targets", field="model.causal")
-        known = ["val/" + name for name in evaluation_metric_names(self.meta.get("kinds"))]
+        known = ["val/" + name for name in self.evaluation_names()]
         if self.config.train.early_stop_metric not in known:
             raise PicolmError(f"not an evaluation metric; choose from {', '.join(known)}",
                               field="train.early_stop_metric")
@@ -151,7 +239,7 @@ class Trainer:
                               path=self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.run_dir / "config.yaml")
-        shutil.copytree(self.data_dir / "tokenizer", self.run_dir / "tokenizer", dirs_exist_ok=True)
+        self.tokenizer.save(self.run_dir / "tokenizer")
 
     def _restore(self, state: dict) -> None:
         if state["architecture"] != self.config.model.arch:
@@ -175,6 +263,10 @@ class Trainer:
             self.evals_without_improvement = state["evals_without_improvement"]
         self.elapsed = state["elapsed_seconds"]
         self.train_data.load_state_dict(state["data_state"])
+        for split, examples in (("train", getattr(self.train_data, "examples", None)),
+                                ("val", getattr(self, "val_examples", None))):
+            if split in state.get("reference_log_probs", {}):
+                examples.reference = state["reference_log_probs"][split]
         torch.set_rng_state(state["rng_state"]["torch"].cpu())
         if self.device.type == "cuda" and state["rng_state"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng_state"]["cuda"].cpu())
@@ -183,7 +275,7 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         return {
             "architecture": self.config.model.arch,
-            "model_config": self.config.to_dict()["model"],
+            "model_config": self._model_config_for_checkpoint(),
             "model_state_dict": self.model.state_dict(),
             "optimizer_state_dict": [o.state_dict() for o in self.optimizers],
             "scaler_state_dict": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -197,14 +289,28 @@ class Trainer:
             "rng_state": {"torch": torch.get_rng_state(),
                           "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
             "data_state": self.train_data.state_dict(),
+            "reference_log_probs": self._saved_reference(),
             "tokenizer": self.tokenizer.to_dict(),
         }
+
+    def _model_config_for_checkpoint(self) -> dict:
+        if self.config.model.arch == "hf":
+            from picolm.models.hf import hf_checkpoint_config
+
+            return hf_checkpoint_config(self.model)
+        return self.config.to_dict()["model"]
+
+    def _saved_reference(self) -> dict:
+        if self.task != "dpo":
+            return {}
+        pairs = {"train": self.train_data.examples, "val": self.val_examples}
+        return {split: examples.reference for split, examples in pairs.items() if examples.reference is not None}
 
     # -- the loop -----------------------------------------------------------------------------------
     def total_steps(self) -> int | None:
         t = self.config.train
         if t.epochs is not None:
-            return math.ceil(t.epochs * self.train_data.windows_per_epoch / t.batch_size)
+            return math.ceil(t.epochs * self.train_data.items_per_epoch / t.batch_size)
         return t.max_steps
 
     def autocast(self):
@@ -212,20 +318,23 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, micro_batches: int, micro_size: int) -> dict:
-        """One optimizer step over `micro_batches` forward/backward passes. Only the loss is read back each
-        step (for the NaN check); accuracy and gradient norm stay tensors until they are logged."""
+    def train_step(self, micro_batches: int, micro_size: int) -> tuple[dict, int]:
+        """One optimizer step over `micro_batches` forward/backward passes; returns its metrics and the tokens it
+        read. Only the loss is read back each step (for the NaN check); the other metrics stay tensors until
+        they are logged."""
         loss_sum = torch.zeros((), device=self.device)
-        correct = counted = 0
+        sums, counts, tokens = {}, {}, 0
         for _ in range(micro_batches):
-            x, y = self.train_data.next_batch(micro_size)
-            batch = {"input_ids": x.to(self.device, non_blocking=True), "targets": y.to(self.device, non_blocking=True)}
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in self.train_data.next_batch(micro_size).items()}
+            tokens += batch["input_ids"].numel()
             with self.autocast():
                 loss, metrics = self.objective.loss(self.model, batch)
             self.scaler.scale(loss / micro_batches).backward()
             loss_sum += loss.detach()
-            correct += metrics["correct"]
-            counted += metrics["counted"]
+            for name, (total, count) in metrics.items():
+                if name != "loss":
+                    sums[name] = sums.get(name, 0) + total.detach()
+                    counts[name] = counts.get(name, 0) + count
         loss_value = loss_sum.item() / micro_batches
         if not math.isfinite(loss_value):
             raise TrainingStopped(f"loss became {loss_value} at step {self.global_step + 1}; the last good "
@@ -240,18 +349,42 @@ class Trainer:
         self.scaler.update()
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        return {"train/loss": loss_value, "train/accuracy": correct / counted.clamp(min=1),
-                "train/grad_norm": grad_norm}
+        result = {"train/loss": loss_value, "train/grad_norm": grad_norm}
+        for name, total in sums.items():
+            result[name if "/" in name else f"train/{name}"] = total / counts[name].clamp(min=1)
+        return result, tokens
 
     def evaluate(self) -> dict[str, float]:
         t = self.config.train
         micro = t.micro_batch_size or t.batch_size
-        result = evaluate_tokens(self.model, self.val_tokens, self.config.model.block_size, batch_size=micro,
-                                 max_windows=t.eval_batches * micro, kinds=self.val_kinds,
-                                 kind_names=self.meta.get("kinds"), eos_id=self.tokenizer.eos_id,
-                                 device=self.device, autocast=self.autocast)
-        result.pop("tokens")
-        return {f"val/{k}": v for k, v in result.items()}
+        if self.task == "text":
+            result = evaluate_tokens(self.model, self.val_tokens, self.config.model.block_size, batch_size=micro,
+                                     max_windows=t.eval_batches * micro, kinds=self.val_kinds,
+                                     kind_names=self.meta.get("kinds"), eos_id=self.tokenizer.eos_id,
+                                     device=self.device, autocast=self.autocast)
+            result.pop("tokens")
+        else:
+            batches = in_order(self.val_examples, micro, self.tokenizer.eos_id, limit=t.eval_batches * micro)
+            result = evaluate_objective(self.objective, self.model, batches, self.device, self.autocast)
+        metrics = {f"val/{k}": v for k, v in result.items()}
+        if self.monitor_examples is not None:
+            metrics.update(self.monitor())
+        return metrics
+
+    def monitor(self) -> dict[str, float]:
+        """Mean per-token log-probabilities of held-out chosen and rejected responses (the SFT monitor)."""
+        chosen_sum = rejected_sum = 0.0
+        with torch.no_grad():
+            self.model.eval()
+            for batch in in_order(self.monitor_examples, 16, self.tokenizer.eos_id, limit=MONITOR_PAIRS):
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                with self.autocast():
+                    chosen, rejected = sequence_log_probs(self.model, batch, length_normalize=True)
+                chosen_sum += float(chosen.sum())
+                rejected_sum += float(rejected.sum())
+            self.model.train()
+        n = min(MONITOR_PAIRS, len(self.monitor_examples))
+        return {"monitor/logps/chosen": chosen_sum / n, "monitor/logps/rejected": rejected_sum / n}
 
     def fit(self) -> TrainResult:
         tracker = Tracker(self.run_dir, self.config, resume_step=self.global_step if self.global_step else None)
@@ -281,7 +414,6 @@ class Trainer:
         total = self.total_steps()
         warmup = warmup_steps(t, total)
         budget = t.max_minutes * 60 if t.max_minutes is not None else None
-        step_tokens = t.batch_size * self.config.model.block_size
         val_metrics, evaluated_step = {}, None
         session_start, elapsed_before = time.perf_counter(), self.elapsed
         window_start, tokens_in_window = session_start, 0
@@ -294,7 +426,7 @@ class Trainer:
             fraction = self.global_step / total if total else self.elapsed / budget
             factor = lr_factor(self.global_step, warmup, fraction, t.schedule, t.min_lr_ratio)
             set_lr(self.optimizers, factor)
-            metrics = self.train_step(t.batch_size // micro, micro)
+            metrics, step_tokens = self.train_step(t.batch_size // micro, micro)
             self.global_step += 1
             self.tokens_seen += step_tokens
             tokens_in_window += step_tokens
@@ -339,7 +471,8 @@ class Trainer:
                     disable=not (self.config.log.progress and sys.stderr.isatty()), desc=self.run_dir.name)
 
     def _report(self, progress, val_metrics: dict) -> None:
-        shown = ", ".join(f"{name[4:]} {val_metrics[name]:.4f}" for name in ("val/loss", "val/accuracy")
+        shown = ", ".join(f"{name[4:]} {val_metrics[name]:.4f}" for name in ("val/loss", "val/accuracy",
+                                                                             "val/rewards/accuracies")
                           if name in val_metrics)
         line = f"step {self.global_step}: {shown}"
         if not progress.disable:
