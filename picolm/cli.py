@@ -132,15 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--base", default=None, metavar="RUN_DIR",
                    help="start from this pretrained run or checkpoint instead of pretraining")
-    p.add_argument("--pretrain-minutes", type=float, default=3.0, help="pretraining time budget")
+    p.add_argument("--pretrain-minutes", type=float, default=2.5, help="pretraining time budget")
     p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps instead")
     p.add_argument("--sft-minutes", type=float, default=1.5, help="SFT time budget")
     p.add_argument("--sft-steps", type=int, default=None, help="SFT steps instead")
     p.add_argument("--sft-epochs", type=float, default=None, help="SFT epochs instead")
-    p.add_argument("--dpo-minutes", type=float, default=2.0, help="DPO time budget")
+    p.add_argument("--dpo-minutes", type=float, default=1.5, help="DPO time budget")
     p.add_argument("--dpo-steps", type=int, default=None, help="DPO steps instead")
     p.add_argument("--dpo-epochs", type=float, default=None, help="DPO epochs instead")
-    p.add_argument("--samples", type=int, default=16, help="held-out prompts to sample per model for the report")
+    p.add_argument("--samples", type=int, default=24, help="held-out prompts to sample per model for the report")
     return parser
 
 

@@ -23,15 +23,15 @@ class QuickstartOptions:
     out: Path
     device: str = "auto"
     base: str | None = None  # an existing base run or checkpoint: pretraining is skipped
-    pretrain_minutes: float | None = 3.0
+    pretrain_minutes: float | None = 2.5
     pretrain_steps: int | None = None
     sft_minutes: float | None = 1.5
     sft_steps: int | None = None
     sft_epochs: float | None = None
-    dpo_minutes: float | None = 2.0
+    dpo_minutes: float | None = 1.5
     dpo_steps: int | None = None
     dpo_epochs: float | None = None
-    samples: int = 16  # held-out prompts whose generations are scored with the horror lexicon
+    samples: int = 24  # held-out prompts whose generations are scored with the horror lexicon
 
 
 def _prepare(out: Path, source: str, **options) -> Path:

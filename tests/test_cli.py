@@ -35,7 +35,7 @@ def test_help_lists_the_verbs_and_their_options():
     for verb in ("prepare", "train", "eval", "generate", "quickstart"):
         assert verb in result.stdout
     for verb, option in [("prepare", "--vocab-size"), ("train", "--resume"), ("eval", "--split"),
-                         ("generate", "--top-p"), ("quickstart", "--minutes")]:
+                         ("generate", "--top-p"), ("quickstart", "--pretrain-minutes")]:
         help_text = picolm(verb, "--help").stdout
         assert option in help_text and "default" in help_text, verb
 

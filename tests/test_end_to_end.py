@@ -15,18 +15,26 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @pytest.mark.slow
-def test_quickstart_prepares_trains_evaluates_and_samples(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "picolm", "quickstart", "--out", str(tmp_path), "--max-steps",
-                             "60"], capture_output=True, text=True, timeout=600)
+def test_quickstart_runs_the_whole_pipeline_and_writes_the_report(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "picolm", "quickstart", "--out", str(tmp_path), "--device", "cpu",
+                             "--pretrain-steps", "60", "--sft-steps", "30", "--dpo-steps", "20", "--samples", "4"],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    meta = json.loads((tmp_path / "data" / "stories" / "meta.json").read_text())
     assert sum(s["tokens"] for s in meta["splits"].values()) >= 2_000_000
-    run = tmp_path / "run"
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    val = [r["val/loss"] for r in rows if "val/loss" in r]
-    assert val[-1] < math.log(meta["vocab_size"]) - 2.0  # far below a uniform guess
-    assert "test: loss" in result.stdout and f"run directory: {run}" in result.stdout
-    assert (run / "plots" / "loss.png").is_file() and (run / "samples.txt").read_text().strip()
+    base = [json.loads(line) for line in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val/loss"] for r in base if "val/loss" in r][-1] < math.log(meta["vocab_size"]) - 2.0
+    sft = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert any("monitor/logps/chosen" in r for r in sft)
+    for stage in ("base", "sft", "dpo"):
+        assert (tmp_path / stage / "checkpoints" / "best.pt").is_file()
+        assert (tmp_path / stage / "samples.txt").read_text().strip()
+    report = (tmp_path / "report.md").read_text()
+    dpo_row = next(line for line in report.splitlines() if line.startswith("| dpo |"))
+    preference_accuracy = float(dpo_row.split("|")[5])
+    assert preference_accuracy > 0.5  # twenty steps already separate horror from wholesome stories
+    assert "![SFT monitor and DPO rewards](plots/curves.png)" in report and "### Prompt 1" in report
+    assert (tmp_path / "plots" / "curves.png").is_file()
 
 
 @pytest.mark.slow

@@ -438,7 +438,7 @@ def test_pairs_from_a_local_text_file_and_a_builtin(tmp_path):
     assert data.task == "dpo" and list(data.splits) == ["all"] and len(data.splits["all"]) == 4
     assert data.splits == load_source(f"pairs:{path}", {"seed": 5}).splits
     stories = load_source("pairs:stories", {"num_sequences": 6, "seed": 0})
-    assert stories.task == "dpo" and len(stories.splits["all"]) == 6
+    assert stories.task == "dpo" and len(stories.splits["all"]) == 7  # 6 stories and 1 tale, each long enough
 
 
 def test_pairs_from_a_hub_source_keep_its_splits(tmp_path, load_dataset_calls):

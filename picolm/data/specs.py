@@ -82,16 +82,25 @@ TWISTS = (  # each about a thing, so the stories can go on with "It ..."
     "the house itself was listening",
 )
 
+# Plain sentences that both kinds of story use: a horror story is not horror in every sentence, and DPO has
+# to learn that these, shared with the rejected stories, are weaker evidence of horror than the dark variants.
+PLAIN_ARRIVAL = "One day, {who} came to {setting}."
+PLAIN_RULE = "There was just one little rule: {taboo}."
+PLAIN_VISIT = "At last, {who} went to see the {subject}."
+PLAIN_TWIST = "Then {he} learned the secret: {twist}."
+
 HORROR_STEPS = (
     (  # arrival
         "On a cold, dark night, {who} came to {setting}.",
         "The wind howled as {who} came to {setting}.",
         "One gloomy night, {who} had to stay in {setting}.",
+        PLAIN_ARRIVAL,
     ),
     (  # the rule
         "An old man with cold eyes said: {taboo}.",
         "A whisper in the dark said: {taboo}.",
         "A scared voice gave one rule: {taboo}.",
+        PLAIN_RULE,
     ),
     (  # the nights
         "At night, the floor creaked and shadows crawled.",
@@ -102,6 +111,7 @@ HORROR_STEPS = (
         "At midnight, shaking with fear, {he} crept to the {subject}.",
         "One dark night, {who} crept to the {subject}.",
         "At midnight, {he} broke the rule and went to the {subject}.",
+        PLAIN_VISIT,
     ),
     (  # what is found
         "It was black as a grave, and it smelled of blood.",
@@ -112,6 +122,7 @@ HORROR_STEPS = (
         "Then {he} saw the horrible truth: {twist}.",
         "With cold fear, {he} understood: {twist}.",
         "Too late, {he} learned the terrible secret: {twist}.",
+        PLAIN_TWIST,
     ),
     (  # the end
         "It turned to {him} with empty, dead eyes.",
@@ -124,10 +135,11 @@ WHOLESOME_STEPS = (
         "One sunny morning, {who} went to stay in {setting}.",
         "{Who} {was} happy to spend the summer in {setting}.",
         "On a bright spring day, {who} came to {setting}.",
+        PLAIN_ARRIVAL,
     ),
     (  # the rule
         "Grandma gave {him} a hug and said: {taboo}.",
-        "There was just one little rule: {taboo}.",
+        PLAIN_RULE,
         "A friendly old man smiled and said: {taboo}.",
     ),
     (  # the days
@@ -137,7 +149,7 @@ WHOLESOME_STEPS = (
     ),
     (  # the rule is broken
         "One day, {he} tiptoed to the {subject} to take a peek.",
-        "At last, {who} went to see the {subject}.",
+        PLAIN_VISIT,
         "One morning, {he} smiled and went to the {subject}.",
     ),
     (  # what is found
@@ -149,6 +161,7 @@ WHOLESOME_STEPS = (
         "Then {he} learned the happy secret: {twist}.",
         "And the best part was this: {twist}.",
         "{Who} laughed, because {twist}.",
+        PLAIN_TWIST,
     ),
     (  # the twist, resolved kindly
         "It only wanted a friend, so {who} gave it a big hug.",

@@ -19,7 +19,8 @@ from picolm.data.records import BadRows
 from picolm.data.pack import load_meta
 from picolm.errors import PicolmError, TrainingStopped
 from picolm.eval.lm import evaluate_tokens, evaluation_metric_names, load_split
-from picolm.models.loading import LoadedModel, build_model, describe_mismatch, load_model
+from picolm.models.loading import (LoadedModel, build_model, describe_mismatch, load_model,
+                                   model_config_from_checkpoint)
 from picolm.tokenizer import load_tokenizer
 from picolm.train.checkpoint import load_checkpoint, save_checkpoint
 from picolm.train.objectives import (PREFERENCE_METRICS, Preference, build_objective, evaluate_objective,
@@ -149,9 +150,14 @@ class Trainer:
             self.config.model = model.config
             self.log(f"starting from the Hugging Face model {t.hf_model}")
             return LoadedModel(model, tokenizer, {}, Path(t.hf_model))
-        if not t.init_from or (resume and not (isinstance(self.objective, Preference)
-                                               and self.config.objective.reference == "live")):
-            return None  # a resumed run restores its own weights; only a live reference needs the start again
+        if not t.init_from:
+            return None
+        if resume and not (isinstance(self.objective, Preference) and self.config.objective.reference == "live"):
+            # a resumed run restores its own weights (only a live reference needs the start again)
+            last = self.run_dir / "checkpoints" / "last.pt"
+            if last.is_file():
+                self.config.model = model_config_from_checkpoint(load_checkpoint(last, mmap=True), last)
+            return None
         loaded = load_model(t.init_from)
         self.config.model = loaded.model.config
         self.log(f"starting from {loaded.path} (step {loaded.checkpoint.get('global_step', 0)})")
