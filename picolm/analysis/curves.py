@@ -5,6 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_loss(rows: list[dict], path: str | Path, title: str = "loss") -> Path | None:
     """Train and validation loss against step; None when there is nothing to plot."""
     train = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
@@ -26,12 +37,7 @@ def plot_loss(rows: list[dict], path: str | Path, title: str = "loss") -> Path |
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_post_training(sft_rows: list[dict], dpo_rows: list[dict], path: str | Path) -> Path:
@@ -61,9 +67,4 @@ def plot_post_training(sft_rows: list[dict], dpo_rows: list[dict], path: str | P
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
