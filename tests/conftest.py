@@ -21,6 +21,21 @@ def hf_offline(tmp_path_factory):
     patch.undo()
 
 
+@pytest.fixture
+def load_dataset_calls(hf_offline, monkeypatch):
+    """Every call picolm makes to `datasets.load_dataset`, passed through to the real function."""
+    import datasets
+
+    calls, real = [], datasets.load_dataset
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", spy)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def numeric_data(tmp_path_factory):
     """A small built-in numeric data directory (600 sequences), prepared once per session."""

@@ -41,21 +41,6 @@ def error_of(spec, **kwargs) -> str:
     return message
 
 
-@pytest.fixture
-def load_dataset_calls(hf_offline, monkeypatch):
-    """Every call picolm makes to `datasets.load_dataset`, passed through to the real function."""
-    import datasets
-
-    calls, real = [], datasets.load_dataset
-
-    def spy(*args, **kwargs):
-        calls.append((args, kwargs))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(datasets, "load_dataset", spy)
-    return calls
-
-
 def loaded(calls):
     return [(args, kwargs["split"], kwargs["streaming"]) for args, kwargs in calls]
 

@@ -143,21 +143,6 @@ def test_unknown_source_name_lists_the_known_ones(name):
 # ---------------------------------------------------------------- hub loaders on local copies
 
 
-@pytest.fixture
-def load_dataset_calls(hf_offline, monkeypatch):
-    """Every call picolm makes to `datasets.load_dataset`, passed through to the real function."""
-    import datasets
-
-    calls, real = [], datasets.load_dataset
-
-    def spy(*args, **kwargs):
-        calls.append((args, kwargs))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(datasets, "load_dataset", spy)
-    return calls
-
-
 def story_split(split: str, count: int) -> list[str]:
     return [f"Once upon a time, {split} story number {i} happened." for i in range(count)]
 

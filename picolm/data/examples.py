@@ -8,13 +8,13 @@ their positions after the prompt: the prompt's hidden states are computed once f
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from picolm.data.loader import ShuffledEpochs
 from picolm.data.records import BadRows, pair_record, sft_record
 from picolm.errors import PicolmError
 from picolm.models.linear_cross_entropy import IGNORE_INDEX
@@ -22,14 +22,6 @@ from picolm.tokenizer import Tokenizer
 
 SPLITS = ("train", "val", "test")
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3  # segments of a packed preference row
-
-
-def write_records(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_records(path: Path, task: str, bad: BadRows) -> list[dict]:
@@ -187,44 +179,23 @@ def collate_pairs(examples: PairExamples, indices: list[int], pad_id: int) -> di
     return batch
 
 
-class ExampleBatches:
-    """Shuffled batches of examples, resumable from (epoch, cursor) like `TokenWindows`."""
+class ExampleBatches(ShuffledEpochs):
+    """Shuffled, resumable batches of examples."""
 
     def __init__(self, examples: SFTExamples | PairExamples, pad_id: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
         if len(examples) == 0:
             raise PicolmError("no usable examples in the training split", field="data.path")
-        self.examples, self.pad_id, self.seed = examples, pad_id, seed
-        self.rank, self.world_size = rank, world_size
+        super().__init__(seed, rank, world_size)
+        self.examples, self.pad_id = examples, pad_id
         self.collate = collate_pairs if isinstance(examples, PairExamples) else collate_sft
-        self.epoch, self.cursor, self._order = 0, 0, None
 
     @property
     def items_per_epoch(self) -> int:
         return len(self.examples)
 
     def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
-        indices = []
-        while len(indices) < batch_size:
-            if self._order is None:
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-                self._order = torch.randperm(len(self.examples), generator=generator)
-            index = self.cursor * self.world_size + self.rank
-            if index >= len(self._order):
-                self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
-                continue
-            indices.append(int(self._order[index]))
-            self.cursor += 1
-        return self.collate(self.examples, indices, self.pad_id)
-
-    def epochs_done(self) -> float:
-        return self.epoch + self.cursor / (len(self.examples) / self.world_size)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor, self._order = int(state["epoch"]), int(state["cursor"]), None
+        return self.collate(self.examples, self.next_items(batch_size), self.pad_id)
 
 
 def in_order(examples: SFTExamples | PairExamples, batch_size: int, pad_id: int, limit: int | None = None):

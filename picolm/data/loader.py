@@ -2,7 +2,8 @@
 
 Each epoch visits every non-overlapping window of `block_size + 1` tokens once, in an order drawn
 from (seed, epoch) and shifted by a per-epoch offset so window boundaries move between epochs. The
-state is just (epoch, cursor), so a resumed run reads exactly the batches an uninterrupted one would.
+state is just (epoch, cursor), so a resumed run reads exactly the batches an uninterrupted one would;
+`ShuffledEpochs` is that mechanism, shared with the SFT/DPO example batches.
 """
 
 from __future__ import annotations
@@ -14,59 +15,74 @@ from picolm.data.pack import read_tokens
 from picolm.errors import PicolmError
 
 
-class TokenWindows:
-    def __init__(self, path, block_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.path = path
-        self.tokens = read_tokens(path)
-        self.block_size = block_size
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        if self.items_per_epoch < 1:
-            raise PicolmError(f"only {len(self.tokens)} tokens: training needs at least 2 x block_size "
-                              f"= {2 * block_size}", path=path)
-        self.epoch = 0
-        self.cursor = 0
-        self._order = None
+class ShuffledEpochs:
+    """A resumable walk over `items_per_epoch` items: each epoch visits them in an order drawn from
+    (seed, epoch); ranks take disjoint items of that order; the state is just (epoch, cursor)."""
 
-    @property
-    def items_per_epoch(self) -> int:
-        """Windows per epoch."""
-        return (len(self.tokens) - 1 - (self.block_size - 1)) // self.block_size
+    def __init__(self, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.cursor, self._order = 0, 0, None
 
-    def _epoch_order(self) -> tuple[int, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        offset = int(torch.randint(0, self.block_size, (1,), generator=generator))
-        return offset, torch.randperm(self.items_per_epoch, generator=generator)
+    items_per_epoch: int
 
-    def _window(self, start: int) -> np.ndarray:
-        return np.asarray(self.tokens[start:start + self.block_size + 1], dtype=np.int64)
+    def _new_epoch(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.items_per_epoch, generator=generator)
 
-    def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """The next `batch_size` windows of this rank as input_ids and targets; ranks read disjoint windows of one
-        global order."""
-        rows = []
-        while len(rows) < batch_size:
+    def _item(self, index: int):
+        return index
+
+    def next_items(self, count: int) -> list:
+        """The next `count` items of this rank (`_item` of each drawn index), crossing epochs as needed."""
+        items = []
+        while len(items) < count:
             if self._order is None:
-                self._order = self._epoch_order()
-            offset, order = self._order
+                self._order = self._new_epoch(torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
             index = self.cursor * self.world_size + self.rank
-            if index >= len(order):
+            if index >= len(self._order):
                 self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
                 continue
-            rows.append(self._window(offset + int(order[index]) * self.block_size))
+            items.append(self._item(int(self._order[index])))
             self.cursor += 1
-        batch = torch.from_numpy(np.stack(rows))
-        return {"input_ids": batch[:, :-1], "targets": batch[:, 1:]}
+        return items
 
     def epochs_done(self) -> float:
-        per_rank = self.items_per_epoch / self.world_size
-        return self.epoch + self.cursor / per_rank
+        return self.epoch + self.cursor / (self.items_per_epoch / self.world_size)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor, self._order = int(state["epoch"]), int(state["cursor"]), None
+
+
+class TokenWindows(ShuffledEpochs):
+    def __init__(self, path, block_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__(seed, rank, world_size)
+        self.path = path
+        self.tokens = read_tokens(path)
+        self.block_size = block_size
+        if self.items_per_epoch < 1:
+            raise PicolmError(f"only {len(self.tokens)} tokens: training needs at least 2 x block_size "
+                              f"= {2 * block_size}", path=path)
+        self._offset = 0
+
+    @property
+    def items_per_epoch(self) -> int:
+        """Windows per epoch."""
+        return (len(self.tokens) - 1 - (self.block_size - 1)) // self.block_size
+
+    def _new_epoch(self, generator: torch.Generator) -> torch.Tensor:
+        self._offset = int(torch.randint(0, self.block_size, (1,), generator=generator))
+        return super()._new_epoch(generator)
+
+    def _item(self, index: int) -> np.ndarray:
+        start = self._offset + index * self.block_size
+        return np.asarray(self.tokens[start:start + self.block_size + 1], dtype=np.int64)
+
+    def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The next `batch_size` windows of this rank as input_ids and targets."""
+        batch = torch.from_numpy(np.stack(self.next_items(batch_size)))
+        return {"input_ids": batch[:, :-1], "targets": batch[:, 1:]}
 
 
 def check_split(tokens: np.ndarray, path, vocab_size: int, block_size: int) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from picolm.data.examples import write_records
+from picolm.data.records import write_records
 from picolm.data.sources import HUB_SOURCES, SourceData, load_source
 from picolm.data.synthetic import NumericSpec
 from picolm.errors import PicolmError

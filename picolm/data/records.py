@@ -7,8 +7,11 @@ reported and skipped when the user asks (`--skip-bad-rows`).
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from picolm.errors import PicolmError
 
@@ -101,3 +104,11 @@ def detect_task(row: dict) -> str | None:
     if "text" in row:
         return "text"
     return None
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

@@ -271,33 +271,26 @@ def horror_lexicon_rate(text: str) -> float:
     return sum(word in HORROR_LEXICON for word in words) / len(words) if words else 0.0
 
 
-def generate_sft_rows(n: int = DEFAULT_SFT_ROWS, seed: int = 0, writer: StoryWriter = write_pair) -> list[dict]:
-    """n prompt -> horror story rows, the same ones for the same seed."""
+def _told_specs(n: int, seed: int, writer: StoryWriter):
+    """(row id, prompt, spec text, horror, wholesome) for n specs, the same ones for the same seed."""
     rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        spec = generate_spec(rng)
-        horror, _ = writer(spec, rng)
-        rows.append({
-            "id": f"horror-{i}", "prompt": render_prompt(spec), "input": render_spec(spec), "response": horror,
-        })
-    return rows
-
-
-def generate_preference_rows(
-    n: int = DEFAULT_PREFERENCE_ROWS, seed: int = 0, writer: StoryWriter = write_pair
-) -> list[dict]:
-    """n rows where the horror story is chosen over the wholesome one, the same ones for the same seed."""
-    rng = random.Random(seed)
-    rows = []
     for i in range(n):
         spec = generate_spec(rng)
         horror, wholesome = writer(spec, rng)
-        rows.append({
-            "id": f"horror-{i}", "prompt": render_prompt(spec), "input": render_spec(spec),
-            "chosen": horror, "rejected": wholesome,
-        })
-    return rows
+        yield f"horror-{i}", render_prompt(spec), render_spec(spec), horror, wholesome
+
+
+def generate_sft_rows(n: int = DEFAULT_SFT_ROWS, seed: int = 0, writer: StoryWriter = write_pair) -> list[dict]:
+    """n prompt -> horror story rows."""
+    return [{"id": i, "prompt": prompt, "input": spec, "response": horror}
+            for i, prompt, spec, horror, _ in _told_specs(n, seed, writer)]
+
+
+def generate_preference_rows(n: int = DEFAULT_PREFERENCE_ROWS, seed: int = 0,
+                             writer: StoryWriter = write_pair) -> list[dict]:
+    """n rows where the horror story is chosen over the wholesome one for the same spec."""
+    return [{"id": i, "prompt": prompt, "input": spec, "chosen": horror, "rejected": wholesome}
+            for i, prompt, spec, horror, wholesome in _told_specs(n, seed, writer)]
 
 
 def generate_tales(n: int, seed: int = 0) -> list[str]:

@@ -12,6 +12,7 @@ import copy
 import torch
 
 from picolm.config import ObjectiveConfig
+from picolm.data.examples import in_order
 from picolm.train.preference import preference_loss
 
 Metrics = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -109,8 +110,6 @@ def build_objective(kind: str, config: ObjectiveConfig):
 @torch.no_grad()
 def precompute_reference(model, examples, batch_size: int, pad_id: int, device, autocast, length_normalize: bool):
     """The starting policy's log-probabilities of every pair's chosen and rejected responses, (N, 2) on the CPU."""
-    from picolm.data.examples import in_order
-
     was_training = model.training
     model.eval()
     pieces = []

@@ -167,8 +167,8 @@ class Trainer:
         """The starting model's tokenizer, else the run's (on resume), else the data's."""
         if start is not None:
             return start.tokenizer
-        for directory in ((self.run_dir / "tokenizer") if resume else None, self.data_dir / "tokenizer"):
-            if directory is not None and directory.is_dir():
+        for directory in [self.run_dir / "tokenizer"] * resume + [self.data_dir / "tokenizer"]:
+            if directory.is_dir():
                 return load_tokenizer(directory)
         raise PicolmError(f"{self.task} data carries no tokenizer: start from a model with --init-from RUN_DIR, or "
                           "prepare the data with --tokenizer", path=self.data_dir)
