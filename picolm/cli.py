@@ -10,7 +10,7 @@ from pathlib import Path
 
 from picolm.errors import PicolmError
 
-VERBS_HELP = "prepare data, train, evaluate, generate, or run the whole quickstart"
+VERBS_HELP = "prepare data, train (pretrain, SFT, DPO), evaluate, generate, or run the whole quickstart"
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -44,7 +44,7 @@ def _settings_help() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="picolm", formatter_class=Formatter,
                                      description="picolm: a small-language-model lab. Tokenize, pretrain, "
-                                                 "evaluate and sample small language models.")
+                                                 "fine-tune (SFT, DPO), evaluate and sample small language models.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", help=VERBS_HELP)
 
