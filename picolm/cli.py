@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dpo-minutes", type=float, default=1.5, help="DPO time budget")
     p.add_argument("--dpo-steps", type=int, default=None, help="DPO steps instead")
     p.add_argument("--dpo-epochs", type=float, default=None, help="DPO epochs instead")
-    p.add_argument("--samples", type=int, default=24, help="held-out prompts to sample per model for the report")
+    p.add_argument("--samples", type=int, default=96, help="held-out prompts to sample per model for the report")
     return parser
 
 

@@ -31,7 +31,7 @@ class QuickstartOptions:
     dpo_minutes: float | None = 1.5
     dpo_steps: int | None = None
     dpo_epochs: float | None = None
-    samples: int = 24  # held-out prompts whose generations are scored with the horror lexicon
+    samples: int = 96  # held-out prompts whose generations are scored with the horror lexicon
 
 
 def _prepare(out: Path, source: str, **options) -> Path:

@@ -8,6 +8,9 @@ from picolm.data.specs import (
     DEFAULT_PREFERENCE_ROWS,
     DEFAULT_SFT_ROWS,
     HORROR_LEXICON,
+    HORROR_PLAIN_CHANCE,
+    HORROR_STEPS,
+    WHOLESOME_PLAIN_CHANCE,
     StorySpec,
     character_names,
     generate_preference_rows,
@@ -127,6 +130,22 @@ def test_horror_and_wholesome_use_different_words(told):
     assert all(horror_lexicon_rate(wholesome) == 0.0 for _, _, wholesome in told)
     assert min(horror_rates) > 0.0
     assert sum(horror_rates) / len(horror_rates) > 0.08
+
+
+def test_both_registers_share_plain_openings(told):
+    """Wholesome stories mostly open plainly, horror stories sometimes do, and then a pair opens word for word
+    alike: DPO sees the dark sentence chosen over the plain one in the same context."""
+    assert sum(step.plain is not None for step in HORROR_STEPS) >= 4
+    opens_plainly = {"horror": 0, "wholesome": 0, "both": 0}
+    for spec, horror, wholesome in told:
+        first = HORROR_STEPS[0].plain.format(who=" and ".join(character_names(spec)), setting=spec.setting)
+        opens_plainly["horror"] += horror.startswith(first)
+        opens_plainly["wholesome"] += wholesome.startswith(first)
+        opens_plainly["both"] += horror.startswith(first) and wholesome.startswith(first)
+    share = {name: count / SAMPLES for name, count in opens_plainly.items()}
+    assert abs(share["horror"] - HORROR_PLAIN_CHANCE) < 0.06
+    assert abs(share["wholesome"] - WHOLESOME_PLAIN_CHANCE) < 0.05
+    assert abs(share["both"] - HORROR_PLAIN_CHANCE * WHOLESOME_PLAIN_CHANCE) < 0.06
 
 
 def test_each_spec_gets_several_different_tellings():

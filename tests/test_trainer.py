@@ -117,6 +117,19 @@ def test_early_stopping_with_patience(numeric_data, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["global_step"] == 4
 
 
+def test_a_saturated_metric_keeps_the_checkpoint_with_the_lower_loss(numeric_data, tmp_path, monkeypatch):
+    """Preference accuracy reaches 1.0 and stays: best.pt follows the falling validation loss, while patience
+    still counts the evals without a strictly better accuracy."""
+    trainer = make_trainer(numeric_data, tmp_path / "run", **{
+        "train.max_steps": 100, "train.eval_every": 2, "train.early_stop_patience": 3,
+        "train.early_stop_metric": "val/accuracy"})
+    values = iter([(0.5, 3.0), (1.0, 2.0), (1.0, 1.0), (1.0, 1.5), (1.0, 0.5)])
+    monkeypatch.setattr(trainer, "evaluate", lambda: dict(zip(("val/accuracy", "val/loss"), next(values))))
+    result = trainer.fit()
+    assert (result.stop_reason, result.global_step, result.best_metric) == ("early_stopping", 10, 1.0)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["global_step"] == 10
+
+
 def test_epochs_set_the_number_of_steps(numeric_data, tmp_path):
     trainer = make_trainer(numeric_data, tmp_path / "run", **{"train.epochs": 1.0, "train.max_steps": None})
     windows = trainer.train_data.items_per_epoch

@@ -82,97 +82,74 @@ TWISTS = (  # each about a thing, so the stories can go on with "It ..."
     "the house itself was listening",
 )
 
-# Plain sentences that both kinds of story use: a horror story is not horror in every sentence, and DPO has
-# to learn that these, shared with the rejected stories, are weaker evidence of horror than the dark variants.
-PLAIN_ARRIVAL = "One day, {who} came to {setting}."
-PLAIN_RULE = "There was just one little rule: {taboo}."
-PLAIN_VISIT = "At last, {who} went to see the {subject}."
-PLAIN_TWIST = "Then {he} learned the secret: {twist}."
+@dataclass(frozen=True)
+class Step:
+    """One beat of a story: the sentences that tell it in the story's register, and a plain one both registers
+    may use instead."""
+
+    toned: tuple[str, ...]
+    plain: str | None = None
+
+
+# A horror story tells a beat plainly now and then; a wholesome one mostly tells the beats before its happy
+# turn plainly. The two then share whole openings word for word, and where they part, the horror story goes
+# dark and the wholesome one stays plain: a preference pair teaches DPO to prefer the dark sentence in exactly
+# the contexts the SFT model samples, not only to dislike cake and balloons.
+HORROR_PLAIN_CHANCE = 0.25
+WHOLESOME_PLAIN_CHANCE = 0.9
+
+ARRIVAL = "One day, {who} came to {setting}."
+RULE = "There was just one little rule: {taboo}."
+DAYS = "Days went by, and {who} did not forget the rule."
+VISIT = "At last, {who} went to see the {subject}."
+SECRET = "Then {he} learned the secret: {twist}."
 
 HORROR_STEPS = (
-    (  # arrival
-        "On a cold, dark night, {who} came to {setting}.",
-        "The wind howled as {who} came to {setting}.",
-        "One gloomy night, {who} had to stay in {setting}.",
-        PLAIN_ARRIVAL,
-    ),
-    (  # the rule
-        "An old man with cold eyes said: {taboo}.",
-        "A whisper in the dark said: {taboo}.",
-        "A scared voice gave one rule: {taboo}.",
-        PLAIN_RULE,
-    ),
-    (  # the nights
-        "At night, the floor creaked and shadows crawled.",
-        "The rooms were cold and dark, and something scratched in the walls.",
-        "At night, {he} heard footsteps and a far away scream.",
-    ),
-    (  # the rule is broken
-        "At midnight, shaking with fear, {he} crept to the {subject}.",
-        "One dark night, {who} crept to the {subject}.",
-        "At midnight, {he} broke the rule and went to the {subject}.",
-        PLAIN_VISIT,
-    ),
-    (  # what is found
-        "It was black as a grave, and it smelled of blood.",
-        "Old bones lay there, and a shadow moved in the dark.",
-        "Something cold grabbed {him}, and a scream filled the dark.",
-    ),
-    (  # the twist
-        "Then {he} saw the horrible truth: {twist}.",
-        "With cold fear, {he} understood: {twist}.",
-        "Too late, {he} learned the terrible secret: {twist}.",
-        PLAIN_TWIST,
-    ),
-    (  # the end
-        "It turned to {him} with empty, dead eyes.",
-        "It began to whisper in a cold, dead voice, and the door slammed shut.",
-        "In the dark, the candle went out, and nobody ever saw {who} again.",
-    ),
+    Step(("On a cold, dark night, {who} came to {setting}.",
+          "The wind howled as {who} came to {setting}.",
+          "One gloomy night, {who} had to stay in {setting}."), ARRIVAL),
+    Step(("An old man with cold eyes said: {taboo}.",
+          "A whisper in the dark said: {taboo}.",
+          "A scared voice gave one rule: {taboo}."), RULE),
+    Step(("At night, the floor creaked and shadows crawled.",
+          "The rooms were cold and dark, and something scratched in the walls.",
+          "At night, {he} heard footsteps and a far away scream."), DAYS),
+    Step(("At midnight, shaking with fear, {he} crept to the {subject}.",
+          "One dark night, {who} crept to the {subject}.",
+          "At midnight, {he} broke the rule and went to the {subject}."), VISIT),
+    Step(("It was black as a grave, and it smelled of blood.",
+          "Old bones lay there, and a shadow moved in the dark.",
+          "Something cold grabbed {him}, and a scream filled the dark.")),
+    Step(("Then {he} saw the horrible truth: {twist}.",
+          "With cold fear, {he} understood: {twist}.",
+          "Too late, {he} learned the terrible secret: {twist}."), SECRET),
+    Step(("It turned to {him} with empty, dead eyes.",
+          "It began to whisper in a cold, dead voice, and the door slammed shut.",
+          "In the dark, the candle went out, and nobody ever saw {who} again.")),
 )
 WHOLESOME_STEPS = (
-    (  # arrival
-        "One sunny morning, {who} went to stay in {setting}.",
-        "{Who} {was} happy to spend the summer in {setting}.",
-        "On a bright spring day, {who} came to {setting}.",
-        PLAIN_ARRIVAL,
-    ),
-    (  # the rule
-        "Grandma gave {him} a hug and said: {taboo}.",
-        PLAIN_RULE,
-        "A friendly old man smiled and said: {taboo}.",
-    ),
-    (  # the days
-        "Every day, {he} played in the sun and laughed.",
-        "{Who} picked flowers and made new friends.",
-        "The days were warm, and the birds sang.",
-    ),
-    (  # the rule is broken
-        "One day, {he} tiptoed to the {subject} to take a peek.",
-        PLAIN_VISIT,
-        "One morning, {he} smiled and went to the {subject}.",
-    ),
-    (  # what is found
-        "Surprise! There was a birthday party with cake and balloons.",
-        'All {his} friends jumped up and shouted, "Surprise!"',
-        "There, {he} found a basket of puppies and presents.",
-    ),
-    (  # the twist
-        "Then {he} learned the happy secret: {twist}.",
-        "And the best part was this: {twist}.",
-        "{Who} laughed, because {twist}.",
-        PLAIN_TWIST,
-    ),
-    (  # the twist, resolved kindly
-        "It only wanted a friend, so {who} gave it a big hug.",
-        "It had planned the whole surprise, and everyone cheered.",
-        "It was lonely, so they all played together in the sunshine.",
-    ),
-    (  # the end
-        "From that day on, they were the best of friends.",
-        "It was the happiest day ever.",
-        "Everyone hugged and smiled.",
-    ),
+    Step(("One sunny morning, {who} went to stay in {setting}.",
+          "{Who} {was} happy to spend the summer in {setting}.",
+          "On a bright spring day, {who} came to {setting}."), ARRIVAL),
+    Step(("Grandma gave {him} a hug and said: {taboo}.",
+          "A friendly old man smiled and said: {taboo}."), RULE),
+    Step(("Every day, {he} played in the sun and laughed.",
+          "{Who} picked flowers and made new friends.",
+          "The days were warm, and the birds sang."), DAYS),
+    Step(("One day, {he} tiptoed to the {subject} to take a peek.",
+          "One morning, {he} smiled and went to the {subject}."), VISIT),
+    Step(("Surprise! There was a birthday party with cake and balloons.",
+          'All {his} friends jumped up and shouted, "Surprise!"',
+          "There, {he} found a basket of puppies and presents.")),
+    Step(("Then {he} learned the happy secret: {twist}.",
+          "And the best part was this: {twist}.",
+          "{Who} laughed, because {twist}.")),
+    Step(("It only wanted a friend, so {who} gave it a big hug.",
+          "It had planned the whole surprise, and everyone cheered.",
+          "It was lonely, so they all played together in the sunshine.")),
+    Step(("From that day on, they were the best of friends.",
+          "It was the happiest day ever.",
+          "Everyone hugged and smiled.")),
 )
 
 HORROR_LEXICON = frozenset({
@@ -246,18 +223,20 @@ def spec_fields(spec: StorySpec) -> dict[str, str]:
     }
 
 
-def tell(spec: StorySpec, rng: random.Random, steps: tuple[tuple[str, ...], ...]) -> str:
-    """Tell the spec as one line, each step by one of its variants."""
+def tell(spec: StorySpec, rng: random.Random, steps: tuple[Step, ...], plain_chance: float) -> str:
+    """Tell the spec as one line: each step plainly with `plain_chance` where it can be, else by one of its
+    toned sentences."""
     fields = spec_fields(spec)
-    return " ".join(rng.choice(step).format_map(fields) for step in steps)
+    return " ".join((step.plain if step.plain and rng.random() < plain_chance else rng.choice(step.toned))
+                    .format_map(fields) for step in steps)
 
 
 def horror_story(spec: StorySpec, rng: random.Random) -> str:
-    return tell(spec, rng, HORROR_STEPS)
+    return tell(spec, rng, HORROR_STEPS, HORROR_PLAIN_CHANCE)
 
 
 def wholesome_story(spec: StorySpec, rng: random.Random) -> str:
-    return tell(spec, rng, WHOLESOME_STEPS)
+    return tell(spec, rng, WHOLESOME_STEPS, WHOLESOME_PLAIN_CHANCE)
 
 
 def write_pair(spec: StorySpec, rng: random.Random) -> tuple[str, str]:

@@ -121,7 +121,7 @@ class Trainer:
         self._load_data()
         self._check_objective_settings()
         self.global_step, self.tokens_seen, self.elapsed = 0, 0, 0.0
-        self.best_metric, self.evals_without_improvement = None, 0
+        self.best_metric, self.best_loss, self.evals_without_improvement = None, None, 0
         self._prepare_run_dir(resume)
         self._reference_log_probs()
         if config.train.compile:
@@ -265,7 +265,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler_state_dict"])
         self.global_step, self.tokens_seen = state["global_step"], state["tokens_seen"]
         if state["best_metric"] == self.config.train.early_stop_metric:
-            self.best_metric = state["best_val_loss"]
+            self.best_metric, self.best_loss = state["best_val_loss"], state.get("best_loss")
             self.evals_without_improvement = state["evals_without_improvement"]
         self.elapsed = state["elapsed_seconds"]
         self.train_data.load_state_dict(state["data_state"])
@@ -290,6 +290,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_metric,
             "best_metric": self.config.train.early_stop_metric,
+            "best_loss": self.best_loss,
             "evals_without_improvement": self.evals_without_improvement,
             "elapsed_seconds": self.elapsed,
             "rng_state": {"torch": torch.get_rng_state(),
@@ -461,12 +462,14 @@ class Trainer:
         """Save checkpoints, track the best value; True when early stopping says stop."""
         t = self.config.train
         name = t.early_stop_metric
-        value = val_metrics[name]
-        if metric_improved(value, self.best_metric, name):
-            self.best_metric, self.evals_without_improvement = value, 0
+        value, loss = val_metrics[name], val_metrics["val/loss"]
+        improved = metric_improved(value, self.best_metric, name)
+        # a saturated metric (preference accuracy at 1.0) ties: the lower validation loss then makes best.pt
+        tie_won = value == self.best_metric and self.best_loss is not None and loss < self.best_loss
+        self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
+        if improved or tie_won:
+            self.best_metric, self.best_loss = value, loss
             save_checkpoint(self.checkpoint_state(), self.run_dir / "checkpoints" / "best.pt")
-        else:
-            self.evals_without_improvement += 1
         save_checkpoint(self.checkpoint_state(), self.run_dir / "checkpoints" / "last.pt")
         return 0 < t.early_stop_patience <= self.evals_without_improvement
 
