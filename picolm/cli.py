@@ -41,6 +41,16 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
+def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int = 100) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 decodes greedily")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set reaching probability p")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="picolm", formatter_class=Formatter,
                                      description="picolm: a small-language-model lab. Tokenize, pretrain, "
@@ -115,12 +125,8 @@ def _parser() -> argparse.ArgumentParser:
                          description="Greedy decoding at --temperature 0, else sampling with optional top-k/top-p.")
     p.add_argument("target", help="run directory (best checkpoint) or checkpoint file")
     p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1)
+    add_sampling_options(p)
+    p.add_argument("--num-samples", type=int, default=1, help="several samples, decoded together in one batch")
     p.add_argument("--device", default="auto")
 
     p = verbs.add_parser("quickstart", formatter_class=Formatter, help="the whole pipeline on built-in data",
@@ -273,27 +279,34 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def sampling_options(args):
+    """The generation settings shared by generate, chat and serve."""
+    from picolm.generate import SamplingOptions
+
+    options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                              stop=tuple(args.stop or ()), seed=args.seed)
+    options.validate()
+    return options
+
+
 def cmd_generate(args) -> int:
-    from picolm.generate import generate
+    from picolm.generate import TextGenerator
     from picolm.models.loading import load_model
     from picolm.train.trainer import resolve_device
 
-    if args.max_new_tokens <= 0:
-        raise PicolmError("must be a positive number of tokens", field="--max-new-tokens")
+    options = sampling_options(args)
     device = resolve_device(args.device, field="--device")
     loaded = load_model(args.target, device=device)
-    tokenizer = loaded.tokenizer
-    prompt = tokenizer.encode(args.prompt) or [tokenizer.eos_id]  # an empty prompt starts a new document
-    block_size = loaded.model.config.block_size
-    if len(prompt) >= block_size:
-        print(f"note: the prompt has {len(prompt)} tokens; keeping its last {block_size - 1}", file=sys.stderr)
-        prompt = prompt[-(block_size - 1):]
-    for i in range(args.num_samples):
-        new = generate(loaded.model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, eos_id=tokenizer.eos_id, seed=args.seed + i, device=device,
-                       vocab_size=tokenizer.vocab_size)
-        shown = prompt if prompt != [tokenizer.eos_id] else []
-        print(tokenizer.decode(shown + new))
+    generator = TextGenerator(loaded.model, loaded.tokenizer, device)
+    if args.num_samples == 1:
+        print(args.prompt, end="", flush=True)
+        for piece in generator.stream(args.prompt, options):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    for text in generator.complete([args.prompt] * args.num_samples, options):
+        print(args.prompt + text + "\n")
     return 0
 
 

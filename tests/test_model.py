@@ -4,38 +4,13 @@ import pytest
 import torch
 
 from picolm.config import ModelConfig
+from picolm.models.export import to_gpt2
 from picolm.models.gpt import GPT
 
 
 def small_config(**overrides) -> ModelConfig:
     base = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, vocab_size=97)
     return ModelConfig(**{**base, **overrides})
-
-
-def to_gpt2(model: GPT):
-    """The same weights in `transformers`' GPT2LMHeadModel (Conv1D stores weights transposed)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    c = model.config
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_positions=c.block_size,
-                                    vocab_size=c.vocab_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                    layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0))
-    state = {"transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.position.wpe.weight,
-             "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": model.ln_f.bias,
-             "lm_head.weight": model.lm_head.weight}
-    for i, block in enumerate(model.blocks):
-        p = f"transformer.h.{i}."
-        state.update({
-            p + "ln_1.weight": block.ln_1.weight, p + "ln_1.bias": block.ln_1.bias,
-            p + "ln_2.weight": block.ln_2.weight, p + "ln_2.bias": block.ln_2.bias,
-            p + "attn.c_attn.weight": block.attn.qkv.weight.t(), p + "attn.c_attn.bias": block.attn.qkv.bias,
-            p + "attn.c_proj.weight": block.attn.proj.weight.t(), p + "attn.c_proj.bias": block.attn.proj.bias,
-            p + "mlp.c_fc.weight": block.mlp.fc.weight.t(), p + "mlp.c_fc.bias": block.mlp.fc.bias,
-            p + "mlp.c_proj.weight": block.mlp.proj.weight.t(), p + "mlp.c_proj.bias": block.mlp.proj.bias,
-        })
-    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=False)
-    assert not unexpected and all(".attn.bias" in k or "masked_bias" in k for k in missing)
-    return hf.eval()
 
 
 def randomised(model: GPT) -> GPT:
@@ -58,16 +33,6 @@ def test_logits_match_transformers_gpt2():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
-def test_greedy_generation_matches_transformers():
-    from picolm.generate import generate
-
-    torch.manual_seed(0)
-    model = randomised(GPT(small_config(position="learned")))
-    hf = to_gpt2(model)
-    prompt = [5, 17, 42, 8]
-    ours = generate(model, prompt, max_new_tokens=20, temperature=0.0)
-    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, pad_token_id=0)[0, 4:]
-    assert ours == theirs.tolist()
 
 
 @pytest.mark.parametrize("position", ["learned", "rope", "none"])

@@ -15,7 +15,7 @@ from picolm.config import ObjectiveConfig
 from picolm.data.examples import in_order, load_examples
 from picolm.data.records import BadRows
 from picolm.data.specs import horror_lexicon_rate
-from picolm.generate import generate
+from picolm.generate import SamplingOptions, TextGenerator
 from picolm.models.loading import load_model
 from picolm.train.objectives import MaskedResponse, Preference, evaluate_objective, precompute_reference
 
@@ -23,11 +23,9 @@ BATCH = 16
 
 
 def sample_responses(model, tokenizer, prompts, max_new_tokens: int, device, seed: int = 0) -> list[str]:
-    """One sampled response per prompt (temperature 0.8, top-k 50), the same seeds for every model."""
-    return [tokenizer.decode(generate(model, p.tolist(), max_new_tokens, temperature=0.8, top_k=50,
-                                      eos_id=tokenizer.eos_id, seed=seed + i, device=device,
-                                      vocab_size=tokenizer.vocab_size))
-            for i, p in enumerate(prompts)]
+    """One sampled response per prompt (temperature 0.8, top-k 50), the same seed for every model."""
+    options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed)
+    return TextGenerator(model, tokenizer, device).complete([p.tolist() for p in prompts], options)
 
 
 def evaluate_stages(stages: dict[str, Path], sft_data: Path, dpo_data: Path, samples: int = 16,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from picolm.generate import generate
+from picolm.generate import SamplingOptions, TextGenerator
 
 
 def document_openings(tokens: np.ndarray, eos_id: int, count: int, prompt_tokens: int) -> list[list[int]]:
@@ -26,10 +26,8 @@ def document_openings(tokens: np.ndarray, eos_id: int, count: int, prompt_tokens
 def write_samples(model, tokenizer, prompts: list[list[int]], path: str | Path, max_new_tokens: int = 64,
                   temperature: float = 0.8, top_k: int = 50, seed: int = 0, device="cpu") -> list[str]:
     """Write a prompt -> sample pair for each prompt; returns them."""
-    samples = []
-    for i, prompt in enumerate(prompts):
-        new = generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
-                       eos_id=tokenizer.eos_id, seed=seed + i, device=device, vocab_size=tokenizer.vocab_size)
-        samples.append(f"[prompt] {tokenizer.decode(prompt)}\n[sample] {tokenizer.decode(new)}\n")
+    options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    texts = TextGenerator(model, tokenizer, device).complete(prompts, options)
+    samples = [f"[prompt] {tokenizer.decode(prompt)}\n[sample] {text}\n" for prompt, text in zip(prompts, texts)]
     Path(path).write_text("\n".join(samples), encoding="utf-8")
     return samples

@@ -10,6 +10,21 @@ from picolm.config import ModelConfig
 from picolm.models.position import apply_rotary
 
 
+class LayerCache:
+    """One layer's keys and values for decoding, (B, H, capacity, D) each, filled up to `length`."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        self.keys, self.values, self.length = keys, values, 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new (B, H, T, D) keys and values; return all of them so far."""
+        end = self.length + k.shape[2]
+        self.keys[:, :, self.length:end] = k
+        self.values[:, :, self.length:end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
 class SoftmaxAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -20,13 +35,20 @@ class SoftmaxAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`attn_mask` (B, 1, T, T), True where a query may attend, replaces the causal mask when given."""
+                attn_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+        """`attn_mask` (B, 1, T, S), True where a query may attend, replaces the causal mask when given. With a
+        cache, the new keys and values are appended to it and the queries see everything cached."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal and attn_mask is None,
+        is_causal = self.causal and attn_mask is None
+        if cache is not None:
+            if is_causal and T > 1 and cache.length > 0:  # new tokens after cached ones: causal, offset
+                attn_mask = torch.ones(T, cache.length + T, dtype=torch.bool, device=x.device).tril(cache.length)
+            is_causal = is_causal and cache.length == 0  # a single new token sees every cached one
+            k, v = cache.append(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 

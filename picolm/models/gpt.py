@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from picolm.config import ModelConfig
-from picolm.models.attention import build_attention
+from picolm.models.attention import LayerCache, build_attention
 from picolm.models.linear_cross_entropy import linear_cross_entropy, linear_log_probs
 from picolm.models.position import LearnedPosition, build_position
 
@@ -48,8 +48,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rotary=None, attn_mask=None) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.ln_1(x), rotary, attn_mask))
+    def forward(self, x: torch.Tensor, rotary=None, attn_mask=None, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.ln_1(x), rotary, attn_mask, cache))
         return x + self.dropout(self.mlp(self.ln_2(x)))
 
 
@@ -90,14 +90,16 @@ class GPT(nn.Module):
             n -= self.position.wpe.weight.numel()
         return n
 
-    def hidden_states(self, idx: torch.Tensor, start_pos: int = 0, positions: torch.Tensor | None = None,
-                      attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
+                      attn_mask: torch.Tensor | None = None, cache: list[LayerCache] | None = None) -> torch.Tensor:
         """The final-norm hidden states (B, T, C) for token ids (B, T).
 
-        Packed sequences (several continuations of one prompt in a row) pass their own `positions` (B, T)
-        and `attn_mask` (B, 1, T, T), True where a token may attend."""
+        Packed sequences (several continuations of one prompt in a row) and left-padded prompts pass their own
+        `positions` (B, T) and `attn_mask` (B, 1, T, S), True where a token may attend. With a `cache` (from
+        `new_cache`), the tokens come after the cached ones, whose keys and values are reused."""
         T = idx.shape[1]
         if positions is None:
+            start_pos = cache[0].length if cache is not None else 0
             if start_pos + T > self.config.block_size:
                 raise ValueError(f"sequence of {start_pos + T} tokens is longer than block_size={self.config.block_size}")
             positions = torch.arange(start_pos, start_pos + T, device=idx.device)
@@ -107,12 +109,25 @@ class GPT(nn.Module):
             x = x + pos_emb
         x = self.drop(x)
         rotary = self.position.rotary(positions)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, rotary, attn_mask, use_reentrant=False)
             else:
-                x = block(x, rotary, attn_mask)
+                x = block(x, rotary, attn_mask, cache[i] if cache is not None else None)
         return self.ln_f(x)
+
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> list[LayerCache]:
+        """Empty key/value buffers for decoding up to `capacity` tokens (default: block_size)."""
+        c = self.config
+        weight = self.lm_head.weight
+        shape = (batch_size, c.n_head, capacity or c.block_size, c.n_embd // c.n_head)
+        return [LayerCache(weight.new_empty(shape), weight.new_empty(shape)) for _ in range(c.n_layer)]
+
+    def decode(self, idx: torch.Tensor, cache: list[LayerCache], positions: torch.Tensor | None = None,
+               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, vocab) after the last of `idx` (B, T), which comes after the cached tokens and joins them."""
+        hidden = self.hidden_states(idx, positions=positions, attn_mask=attn_mask, cache=cache)
+        return self.lm_head(hidden[:, -1])
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, predict_at: torch.Tensor | None = None):
