@@ -10,7 +10,7 @@ from pathlib import Path
 
 from picolm.errors import PicolmError
 
-VERBS_HELP = "prepare data, train (pretrain, SFT, DPO), evaluate, generate, or run the whole quickstart"
+VERBS_HELP = "prepare data, train (pretrain, SFT, DPO), evaluate, compare, generate, chat, serve, or run the quickstart"
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -111,11 +111,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-run-name", default=None, help="W&B run name (default: the run directory's name)")
 
     p = verbs.add_parser("eval", formatter_class=Formatter, help="evaluate a run or checkpoint",
-                         description="Loss, perplexity and next-token accuracy on a split (per sequence kind for "
-                                     "numeric data).")
+                         description="Any checkpoint, its architecture read from it. Metrics (--metrics, comma-"
+                                     "separated): perplexity, accuracy (on a split; response tokens for SFT data); "
+                                     "kinds (per-kind numeric accuracy); length (numeric sequences longer than in "
+                                     "training); preference (accuracy and reward margin on --pairs); generation "
+                                     "(Self-BLEU, distinct-1/2 over --samples samples); format (instruction-format "
+                                     "compliance on --instructions); speed (greedy tokens/s, batch 1 and 8).")
     p.add_argument("target", help="run directory (best checkpoint) or checkpoint file")
+    p.add_argument("--metrics", default="perplexity,accuracy", help="comma-separated metric names")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--data", default=None, help="data directory (default: the one the run trained on)")
+    p.add_argument("--pairs", default=None, help="preference: a DPO data directory (default: --data)")
+    p.add_argument("--reference", default=None,
+                   help="preference: the reference run or checkpoint (default: the run's --init-from)")
+    p.add_argument("--instructions", default=None, help="format: an SFT data directory (default: --data)")
+    p.add_argument("--samples", type=int, default=32, help="generation/format: how many prompts to generate for")
+    add_sampling_options(p, max_new_tokens=64)
     p.add_argument("--json", dest="json_out", default=None, help="also write the metrics as JSON here")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-windows", type=int, default=None, help="evaluate at most N windows (default: all)")
@@ -128,6 +139,29 @@ def _parser() -> argparse.ArgumentParser:
     add_sampling_options(p)
     p.add_argument("--num-samples", type=int, default=1, help="several samples, decoded together in one batch")
     p.add_argument("--device", default="auto")
+
+    p = verbs.add_parser("compare", formatter_class=Formatter, help="compare runs: one table, one plot",
+                         description="Final metrics of several runs side by side (a markdown table) and their loss "
+                                     "curves overlaid, written to OUT/compare.md and OUT/compare.png.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="compare", help="folder for compare.md and compare.png")
+
+    for verb, what in (("chat", "chat with a model in the terminal"), ("serve", "chat with a model on a local web page")):
+        p = verbs.add_parser(verb, formatter_class=Formatter, help=what,
+                             description=f"{what[0].upper() + what[1:]}, its replies streamed as they are generated. "
+                                         "Each message is answered on its own: fine-tuned (SFT/DPO) models get the "
+                                         "instruction template, pretrained ones continue the text. Every session is "
+                                         "saved as CHATS_DIR/<Month_DD_YYYY_HH_MM_SS>/transcript.txt with its "
+                                         "settings.")
+        p.add_argument("target", help="run directory (best, else last checkpoint) or checkpoint file")
+        add_sampling_options(p, max_new_tokens=200)
+        p.add_argument("--template", default="auto", choices=["auto", "instruction", "none"],
+                       help="auto: instruction for SFT/DPO runs, none (plain continuation) otherwise")
+        p.add_argument("--chats-dir", default="chats", help="where sessions are saved")
+        p.add_argument("--device", default="auto")
+        if verb == "serve":
+            p.add_argument("--host", default="127.0.0.1")
+            p.add_argument("--port", type=int, default=8000)
 
     p = verbs.add_parser("quickstart", formatter_class=Formatter, help="the whole pipeline on built-in data",
                          description="Story corpus -> BPE tokenizer -> pretraining -> SFT on story specifications "
@@ -256,23 +290,17 @@ def _format_metrics(metrics: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from picolm.data.loader import check_split
-    from picolm.data.pack import load_meta
-    from picolm.eval.lm import evaluate_tokens, load_split
+    from picolm.eval.suite import EvalRequest, RunEvaluation
     from picolm.models.loading import load_model
     from picolm.train.trainer import resolve_device
 
+    request = EvalRequest(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), split=args.split,
+                          data=args.data, pairs=args.pairs, reference=args.reference,
+                          instructions=args.instructions, samples=args.samples, sampling=sampling_options(args),
+                          batch_size=args.batch_size, max_windows=args.max_windows)
+    request.validate()
     device = resolve_device(args.device, field="--device")
-    loaded = load_model(args.target, device=device)
-    data_dir = args.data or loaded.checkpoint["train_config"]["data"]["path"]
-    meta = load_meta(data_dir)
-    tokens, kinds = load_split(data_dir, args.split)
-    model_config = loaded.model.config
-    check_split(tokens, Path(data_dir) / f"{args.split}.bin", model_config.vocab_size, model_config.block_size)
-    metrics = evaluate_tokens(loaded.model, tokens, loaded.model.config.block_size, batch_size=args.batch_size,
-                              max_windows=args.max_windows, kinds=kinds, kind_names=meta.get("kinds"),
-                              eos_id=loaded.tokenizer.eos_id, device=device)
-    result = {"checkpoint": str(loaded.path), "split": args.split, **metrics}
+    result = RunEvaluation(load_model(args.target, device=device), request, device).run()
     print(_format_metrics(result))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -310,6 +338,47 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from picolm.analysis.compare import compare_runs
+
+    table, report = compare_runs(args.runs, args.out)
+    print(table)
+    print(f"\nreport: {report}")
+    return 0
+
+
+def _chat_session(args):
+    from picolm.chat.session import ChatSession
+    from picolm.models.loading import load_model
+    from picolm.train.trainer import resolve_device
+
+    options = sampling_options(args)
+    device = resolve_device(args.device, field="--device")
+    return ChatSession(load_model(args.target, device=device), options, device, args.template, args.chats_dir)
+
+
+def cmd_chat(args) -> int:
+    from picolm.chat.terminal import chat_loop
+
+    chat_loop(_chat_session(args))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from picolm.chat.web import make_server
+
+    session = _chat_session(args)
+    server = make_server(session, args.host, args.port)
+    print(f"chatting with {session.loaded.path} on http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        if session.turns:
+            print(f"transcript: {session.transcript}")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from picolm.quickstart import QuickstartOptions, run_quickstart
 
@@ -334,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "train":
             return cmd_train(args, overrides)
-        return {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate,
-                "quickstart": cmd_quickstart}[args.verb](args)
+        return {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare, "chat": cmd_chat,
+                "serve": cmd_serve, "quickstart": cmd_quickstart}[args.verb](args)
     except PicolmError as exc:
         if args.debug:
             raise

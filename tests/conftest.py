@@ -44,3 +44,17 @@ def numeric_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("numeric")
     prepare(PrepareOptions(source="numeric", out=str(out), num_sequences=600), log=lambda *a: None)
     return out
+
+
+TINY = ["--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
+        "--train.batch_size", "8", "--train.eval_every", "10", "--train.eval_batches", "2", "--log.progress", "false"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(numeric_data, tmp_path_factory):
+    """A tiny numeric model trained for 20 steps through the CLI."""
+    from picolm.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "numeric"
+    assert main(["train", "--data", str(numeric_data), "--out", str(run), "--train.max_steps", "20", *TINY]) == 0
+    return run

@@ -12,21 +12,11 @@ import torch
 
 from picolm.cli import main
 from picolm.models.loading import load_model
-
-TINY = ["--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
-        "--train.batch_size", "8", "--train.eval_every", "10", "--train.eval_batches", "2", "--log.progress", "false"]
-
+from conftest import TINY
 
 def picolm(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "picolm", *args], capture_output=True, text=True, timeout=120,
                           **kwargs)
-
-
-@pytest.fixture(scope="module")
-def trained_run(numeric_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "numeric"
-    assert main(["train", "--data", str(numeric_data), "--out", str(run), "--train.max_steps", "20", *TINY]) == 0
-    return run
 
 
 def test_help_lists_the_verbs_and_their_options():

@@ -203,3 +203,35 @@ def test_cli_bad_rows_stop_before_training_unless_skipped(pipeline, tmp_path, ca
                  "--train.max_steps", "2", "--train.batch_size", "2", "--log.progress", "false",
                  "--train.num_samples", "1", "--train.sample_tokens", "4"]) == 0
     assert (tmp_path / "run" / "samples.txt").read_text().startswith("[prompt] Once")
+
+
+def test_eval_scores_preference_pairs_with_and_without_a_reference(pipeline, tmp_path):
+    from picolm.data.examples import load_examples
+    from picolm.models.loading import load_model
+
+    base = load_model(pipeline / "base")
+    pairs = load_examples(pipeline / "dpo-data", "test", "dpo", base.tokenizer, 256, BadRows(skip=True))
+    with torch.no_grad():
+        margins = [float(row_log_probs(base.model, p, c) - row_log_probs(base.model, p, r))
+                   for p, c, r in zip(pairs.prompts, pairs.chosen, pairs.rejected)]
+    out = tmp_path / "alone.json"
+    assert main(["eval", str(pipeline / "base"), "--metrics", "preference", "--pairs", str(pipeline / "dpo-data"),
+                 "--json", str(out)]) == 0
+    alone = json.loads(out.read_text())
+    assert alone["preference/reference"].startswith("none") and alone["preference/pairs"] == len(pairs)
+    assert alone["preference/accuracy"] == pytest.approx(float(np.mean([m > 0 for m in margins])))
+    assert alone["preference/margin"] == pytest.approx(float(np.mean(margins)), rel=1e-4)
+    assert main(["eval", str(pipeline / "base"), "--metrics", "preference", "--pairs", str(pipeline / "dpo-data"),
+                 "--reference", str(pipeline / "base"), "--json", str(out)]) == 0
+    against_itself = json.loads(out.read_text())
+    assert (against_itself["preference/accuracy"], against_itself["preference/margin"]) == (0.0, 0.0)
+
+
+def test_eval_checks_instruction_format_and_response_perplexity(pipeline, tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(pipeline / "base"), "--data", str(pipeline / "sft-data"), "--metrics",
+                 "perplexity,accuracy,format", "--samples", "4", "--max-new-tokens", "16", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["perplexity"] == pytest.approx(np.exp(result["loss"])) and 0 <= result["accuracy"] <= 1
+    parts = [result[f"format/{name}"] for name in ("ended_with_eos", "non_empty", "no_template_leak")]
+    assert all(0.0 <= p <= 1.0 for p in parts) and result["format/compliance"] <= min(parts)

@@ -1,0 +1,201 @@
+"""`picolm eval`: every metric for any checkpoint, chosen with --metrics.
+
+perplexity, accuracy  loss / perplexity / next-token accuracy on a split (response tokens only for SFT data,
+                      chosen responses for DPO data)
+kinds                 per-kind accuracy of numeric data (also after each sequence's first numbers)
+length                numeric accuracy on sequences longer than any seen in training
+preference            preference accuracy and reward margin on pairs (--pairs, else the run's DPO data),
+                      against a reference model (--reference, else the run's --init-from; none: log-probs)
+generation            Self-BLEU and distinct-1/2 over --samples sampled continuations of held-out prompts
+format                instruction-format compliance of greedy responses to instruction data (--instructions)
+speed                 greedy decoding tokens/s at batch 1 and 8
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from picolm.config import ObjectiveConfig
+from picolm.data.examples import in_order, load_examples
+from picolm.data.pack import encode_split, load_meta
+from picolm.data.records import BadRows
+from picolm.data.synthetic import NumericSpec, generate_numeric
+from picolm.errors import PicolmError
+from picolm.eval.lm import WARMUP_NUMBERS, evaluate_tokens, load_split
+from picolm.eval.quality import distinct_n, self_bleu
+from picolm.eval.samples import document_openings
+from picolm.generate import SamplingOptions, TextGenerator, generate_ids
+from picolm.train.objectives import MaskedResponse, Preference, evaluate_objective, precompute_reference
+
+METRICS = ("perplexity", "accuracy", "kinds", "length", "preference", "generation", "format", "speed")
+TEMPLATE_HEADERS = ("### Instruction:", "### Input:", "### Response:")
+BATCH = 16
+
+
+@dataclass
+class EvalRequest:
+    metrics: tuple[str, ...] = ("perplexity", "accuracy")
+    split: str = "test"
+    data: str | None = None  # default: the data the run trained on
+    pairs: str | None = None  # a DPO data directory for `preference`
+    reference: str | None = None  # a run or checkpoint: the reference model for `preference`
+    instructions: str | None = None  # an SFT data directory for `format`
+    samples: int = 32  # generations for `generation` and `format`
+    sampling: SamplingOptions = field(default_factory=lambda: SamplingOptions(max_new_tokens=64, top_k=50))
+    batch_size: int = BATCH
+    max_windows: int | None = None
+
+    def validate(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise PicolmError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}", field="--metrics")
+        if self.samples < 2:
+            raise PicolmError("needs at least 2 samples", field="--samples")
+        self.sampling.validate()
+
+
+class RunEvaluation:
+    def __init__(self, loaded, request: EvalRequest, device="cpu"):
+        request.validate()
+        self.loaded, self.request, self.device = loaded, request, device
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.train_config = loaded.checkpoint.get("train_config", {})
+        self.data_dir = request.data or self.train_config.get("data", {}).get("path")
+
+    def _meta(self, data_dir) -> dict:
+        if not data_dir:
+            raise PicolmError("this checkpoint names no data directory; pass --data", field="--data")
+        return load_meta(data_dir)
+
+    def run(self) -> dict:
+        result = {"checkpoint": str(self.loaded.path), "split": self.request.split}
+        wanted = set(self.request.metrics)
+        if wanted & {"perplexity", "accuracy", "kinds"}:
+            result.update(self.language_modelling("kinds" in wanted))
+        for name, method in (("length", self.longer_sequences), ("preference", self.preference),
+                             ("generation", self.generation), ("format", self.format_compliance),
+                             ("speed", self.speed)):
+            if name in wanted:
+                result.update(method())
+        return result
+
+    def language_modelling(self, need_kinds: bool) -> dict:
+        meta = self._meta(self.data_dir)
+        task = meta.get("task", "text")
+        block = self.model.config.block_size
+        if need_kinds and not meta.get("kinds"):
+            raise PicolmError("`kinds` needs data with sequence kinds (numeric)", path=self.data_dir)
+        if task == "text":
+            from picolm.data.loader import check_split
+
+            tokens, kinds = load_split(self.data_dir, self.request.split)
+            check_split(tokens, Path(self.data_dir) / f"{self.request.split}.bin", self.model.config.vocab_size, block)
+            return evaluate_tokens(self.model, tokens, block, batch_size=self.request.batch_size,
+                                   max_windows=self.request.max_windows, kinds=kinds, kind_names=meta.get("kinds"),
+                                   eos_id=self.tokenizer.eos_id, device=self.device)
+        examples = load_examples(self.data_dir, self.request.split, task, self.tokenizer, block, BadRows(skip=True))
+        if task == "sft":
+            metrics = evaluate_objective(MaskedResponse(), self.model,
+                                         in_order(examples, self.request.batch_size, self.tokenizer.eos_id),
+                                         self.device, nullcontext)
+            return {"loss": metrics["loss"], "perplexity": metrics["perplexity"], "accuracy": metrics["accuracy"]}
+        per_token = precompute_reference(self.model, examples, self.request.batch_size, self.tokenizer.eos_id,
+                                         self.device, nullcontext, length_normalize=True)
+        loss = float(-per_token[:, 0].mean())
+        return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "chosen_more_likely":
+                float((per_token[:, 0] > per_token[:, 1]).float().mean())}
+
+    def longer_sequences(self) -> dict:
+        meta = self._meta(self.data_dir)
+        if not meta.get("kinds"):
+            raise PicolmError("`length` needs numeric data", path=self.data_dir)
+        options = meta.get("options", {})
+        trained = options.get("max_length") or NumericSpec.max_length
+        top = options.get("max_value") or NumericSpec.max_value
+        longest = min(2 * trained, top // 2)
+        if longest <= trained:
+            raise PicolmError(f"max_value {top} leaves no room for sequences longer than {trained}", path=self.data_dir)
+        records = generate_numeric(NumericSpec(num_sequences=500, min_length=trained + 1, max_length=longest,
+                                               max_value=top, seed=1_000_003))
+        tokens, kinds = encode_split(self.tokenizer, records, meta["kinds"])
+        metrics = evaluate_tokens(self.model, tokens, self.model.config.block_size, self.request.batch_size,
+                                  self.request.max_windows, kinds, meta["kinds"], self.tokenizer.eos_id, self.device)
+        return {"length/sequence_lengths": f"{trained + 1}-{longest}", "length/accuracy": metrics["accuracy"],
+                **{f"length/{k}": v for k, v in metrics.items() if k.startswith(f"accuracy_after_{WARMUP_NUMBERS}")}}
+
+    def _reference_model(self):
+        from picolm.models.loading import load_model
+
+        source = self.request.reference or self.train_config.get("train", {}).get("init_from")
+        if not source or not Path(source).exists():
+            return None, None
+        return load_model(source, device=self.device).model, str(source)
+
+    def preference(self) -> dict:
+        pairs_dir = self.request.pairs or self.data_dir
+        if self._meta(pairs_dir).get("task") != "dpo":
+            raise PicolmError("`preference` needs pairs: pass --pairs with a DPO data directory", path=pairs_dir)
+        pairs = load_examples(pairs_dir, self.request.split, "dpo", self.tokenizer, self.model.config.block_size,
+                              BadRows(skip=True))
+        objective = Preference(ObjectiveConfig(**self.train_config.get("objective", {})))
+        reference, source = self._reference_model()
+        run = lambda model: precompute_reference(model, pairs, self.request.batch_size, self.tokenizer.eos_id,  # noqa: E731
+                                                 self.device, nullcontext, objective.length_normalize)
+        policy = run(self.model)
+        base = run(reference) if reference is not None else torch.zeros_like(policy)
+        beta = objective.config.beta if reference is not None else 1.0
+        rewards = beta * (policy - base)
+        margins = rewards[:, 0] - rewards[:, 1]
+        return {"preference/accuracy": float((margins > 0).float().mean()), "preference/margin": float(margins.mean()),
+                "preference/reference": source or "none (log-probabilities)", "preference/pairs": len(pairs)}
+
+    def _prompts(self, data_dir, count: int) -> list[list[int]]:
+        meta = self._meta(data_dir)
+        if meta.get("task", "text") == "text":
+            tokens, _ = load_split(data_dir, self.request.split)
+            return document_openings(tokens, self.tokenizer.eos_id, count, prompt_tokens=8)
+        examples = load_examples(data_dir, self.request.split, meta["task"], self.tokenizer,
+                                 self.model.config.block_size, BadRows(skip=True))
+        return [p.tolist() for p in examples.prompts[:count]]
+
+    def generation(self) -> dict:
+        prompts = self._prompts(self.data_dir, self.request.samples)
+        texts = TextGenerator(self.model, self.tokenizer, self.device).complete(prompts, self.request.sampling)
+        return {"generation/samples": len(texts), "generation/self_bleu": self_bleu(texts),
+                "generation/distinct_1": distinct_n(texts, 1), "generation/distinct_2": distinct_n(texts, 2)}
+
+    def format_compliance(self) -> dict:
+        data_dir = self.request.instructions or self.data_dir
+        if self._meta(data_dir).get("task") != "sft":
+            raise PicolmError("`format` needs instruction data: pass --instructions with an SFT data directory",
+                              path=data_dir)
+        prompts = self._prompts(data_dir, self.request.samples)
+        options = replace(self.request.sampling, temperature=0.0, stop=())
+        outputs = generate_ids(self.model, prompts, options, self.tokenizer.eos_id, self.tokenizer.vocab_size,
+                               self.device)
+        texts = [self.tokenizer.decode(ids) for ids in outputs]
+        ended = [len(ids) < options.max_new_tokens for ids in outputs]
+        nonempty = [bool(text.strip()) for text in texts]
+        clean = [not any(h in text for h in TEMPLATE_HEADERS) for text in texts]
+        n = len(texts)
+        return {"format/compliance": sum(all(t) for t in zip(ended, nonempty, clean)) / n,
+                "format/ended_with_eos": sum(ended) / n, "format/non_empty": sum(nonempty) / n,
+                "format/no_template_leak": sum(clean) / n}
+
+    def speed(self, new_tokens: int = 200, prompt_tokens: int = 16) -> dict:
+        options = SamplingOptions(max_new_tokens=new_tokens, temperature=0.0)
+        vocab = self.tokenizer.vocab_size
+        result = {}
+        for batch in (1, 8):
+            prompts = torch.randint(0, vocab, (batch, prompt_tokens), generator=torch.Generator().manual_seed(0))
+            generate_ids(self.model, prompts[:, :4].tolist(), replace(options, max_new_tokens=8), device=self.device)
+            start = time.perf_counter()
+            generate_ids(self.model, prompts.tolist(), options, vocab_size=vocab, device=self.device)
+            result[f"speed/tokens_per_second_batch_{batch}"] = batch * new_tokens / (time.perf_counter() - start)
+        return result
