@@ -237,7 +237,9 @@ class TextGenerator:
                     return
         finally:
             steps.close()
-        yield text.flush()
+        rest = text.flush()
+        if rest:
+            yield rest
 
     def complete(self, prompts: list[str] | list[list[int]], options: SamplingOptions,
                  batch_size: int = 16) -> list[str]:

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from picolm.chat.session import ChatSession, fine_tuned
 from picolm.chat.terminal import chat_loop
@@ -25,7 +26,13 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 
 @pytest.fixture
 def session(trained_run, tmp_path):
-    return ChatSession(load_model(trained_run), OPTIONS, chats_dir=tmp_path / "chats")
+    """The tiny numeric run with its weights stirred: it talks on instead of ending at once with EOS."""
+    loaded = load_model(trained_run)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return ChatSession(loaded, OPTIONS, chats_dir=tmp_path / "chats")
 
 
 def expected_reply(session, message: str, options=OPTIONS) -> str:
@@ -38,6 +45,7 @@ def test_terminal_chat_streams_replies_and_saves_the_transcript(session, tmp_pat
     chat_loop(session, read=lambda prompt: next(messages), write=shown.append)
     text = "".join(shown)
     first, second = expected_reply(session, "3 4 5"), expected_reply(session, "10 20 30")
+    assert first.strip() and second.strip() and first != second
     assert f"model> {first}\n" in text and f"model> {second}\n" in text
     folders = list((tmp_path / "chats").iterdir())
     assert len(folders) == 1 and re.fullmatch(r"[A-Z][a-z]+_\d\d_\d{4}_\d\d_\d\d_\d\d", folders[0].name)

@@ -9,7 +9,9 @@ from picolm.chat.session import ChatSession
 EXIT_WORDS = ("exit", "quit")
 
 
-def chat_loop(session: ChatSession, read: Callable[[str], str] = input, write: Callable[[str], None] | None = None):
+def chat_loop(session: ChatSession, read: Callable[[str], str] | None = None,
+              write: Callable[[str], None] | None = None) -> None:
+    read = read or input
     write = write or (lambda text: print(text, end="", flush=True))
     write(f"chatting with {session.loaded.path} ({session.template} template); type exit or quit to leave\n")
     while True:
