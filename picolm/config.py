@@ -10,7 +10,8 @@ import yaml
 
 from picolm.errors import PicolmError
 
-ATTENTION_KINDS = ("softmax",)
+ATTENTION_KINDS = ("softmax", "linear")
+FEATURE_MAPS = ("elu", "relu")  # linear attention kernels phi(x)
 POSITION_KINDS = ("learned", "rope", "none")
 MLP_KINDS = ("gelu", "swiglu")
 ARCHITECTURES = ("gpt", "hf")  # hf: a Hugging Face causal LM started from with train.hf_model
@@ -32,6 +33,9 @@ class ModelConfig:
     mlp: str = "gelu"
     tie_weights: bool = True
     rope_base: float = 10000.0
+    feature_map: str = "elu"  # linear attention: phi(x) = elu(x) + 1 | relu
+    chunk_size: int = 64  # linear attention: tokens per chunk of the causal parallel form
+    differential: bool = False  # feed the blocks e_t - e_{t-1}; add e_t back before the final norm
 
     def validate(self) -> None:
         checks = [
@@ -39,6 +43,8 @@ class ModelConfig:
             (self.attention in ATTENTION_KINDS, "attention", f"must be one of {', '.join(ATTENTION_KINDS)}"),
             (self.position in POSITION_KINDS, "position", f"must be one of {', '.join(POSITION_KINDS)}"),
             (self.mlp in MLP_KINDS, "mlp", f"must be one of {', '.join(MLP_KINDS)}"),
+            (self.feature_map in FEATURE_MAPS, "feature_map", f"must be one of {', '.join(FEATURE_MAPS)}"),
+            (self.chunk_size > 0, "chunk_size", "must be positive"),
             (self.n_layer > 0 and self.n_head > 0 and self.n_embd > 0, "n_layer", "sizes must be positive"),
             (self.n_embd % self.n_head == 0, "n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}"),
             (self.block_size > 0, "block_size", "must be positive"),

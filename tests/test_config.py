@@ -253,7 +253,7 @@ def test_empty_value_for_a_required_field_names_file_line_and_field(tmp_path):
 @pytest.mark.parametrize(("changes", "field", "why"), [
     ({"n_embd": 130, "n_head": 4}, "model.n_embd", "130 is not divisible by n_head=4"),
     ({"position": "alibi"}, "model.position", "must be one of learned, rope, none"),
-    ({"attention": "quadratic"}, "model.attention", "must be one of softmax"),
+    ({"attention": "quadratic"}, "model.attention", "must be one of softmax, linear"),
     ({"mlp": "relu"}, "model.mlp", "must be one of gelu, swiglu"),
     ({"dropout": 1.0}, "model.dropout", "must be in [0, 1)"),
     ({"n_layer": 0}, "model.n_layer", "sizes must be positive"),

@@ -10,9 +10,21 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from picolm.config import ModelConfig
-from picolm.models.attention import LayerCache, build_attention
+from picolm.models.attention import build_attention
 from picolm.models.linear_cross_entropy import linear_cross_entropy, linear_log_probs
 from picolm.models.position import LearnedPosition, build_position
+
+
+class DecodeCache(list):
+    """One decoding state per layer (keys and values, or a recurrent state), plus the last token embedding."""
+
+    def __init__(self, layers):
+        super().__init__(layers)
+        self.last_embedding: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return self[0].length
 
 
 class MLP(nn.Module):
@@ -48,7 +60,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rotary=None, attn_mask=None, cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary=None, attn_mask=None, cache=None) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.ln_1(x), rotary, attn_mask, cache))
         return x + self.dropout(self.mlp(self.ln_2(x)))
 
@@ -90,8 +102,30 @@ class GPT(nn.Module):
             n -= self.position.wpe.weight.numel()
         return n
 
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor, cache: "DecodeCache | None" = None):
+        """The blocks' input (B, T, C), the rotary angles, and the token embeddings the input was made from.
+
+        Differential inputs are e_t - e_{t-1}, with e_{-1} = 0 at each sequence's position 0 (so packed and
+        left-padded rows restart); a cache carries the last embedding across decoding steps."""
+        tokens = self.wte(idx)
+        x = tokens
+        if self.config.differential:
+            before = tokens.new_zeros(tokens[:, :1].shape) if cache is None or cache.last_embedding is None \
+                else cache.last_embedding
+            previous = torch.cat([before, tokens[:, :-1]], dim=1)
+            starts = (positions == 0).expand(idx.shape)[..., None]
+            x = tokens - previous.masked_fill(starts, 0.0)
+            if cache is not None:
+                cache.last_embedding = tokens[:, -1:]
+            if self.training:
+                self.delta_norms = x.detach().norm(dim=-1)  # read by the trainer's diagnostics
+        pos_emb = self.position.input_embedding(positions)
+        if pos_emb is not None:
+            x = x + pos_emb
+        return self.drop(x), self.position.rotary(positions), tokens
+
     def hidden_states(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
-                      attn_mask: torch.Tensor | None = None, cache: list[LayerCache] | None = None) -> torch.Tensor:
+                      attn_mask: torch.Tensor | None = None, cache: "DecodeCache | None" = None) -> torch.Tensor:
         """The final-norm hidden states (B, T, C) for token ids (B, T).
 
         Packed sequences (several continuations of one prompt in a row) and left-padded prompts pass their own
@@ -99,31 +133,26 @@ class GPT(nn.Module):
         `new_cache`), the tokens come after the cached ones, whose keys and values are reused."""
         T = idx.shape[1]
         if positions is None:
-            start_pos = cache[0].length if cache is not None else 0
+            start_pos = cache.length if cache is not None else 0
             if start_pos + T > self.config.block_size:
                 raise ValueError(f"sequence of {start_pos + T} tokens is longer than block_size={self.config.block_size}")
             positions = torch.arange(start_pos, start_pos + T, device=idx.device)
-        x = self.wte(idx)
-        pos_emb = self.position.input_embedding(positions)
-        if pos_emb is not None:
-            x = x + pos_emb
-        x = self.drop(x)
-        rotary = self.position.rotary(positions)
+        x, rotary, tokens = self.embed(idx, positions, cache)
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, rotary, attn_mask, use_reentrant=False)
             else:
                 x = block(x, rotary, attn_mask, cache[i] if cache is not None else None)
+        if self.config.differential:
+            x = x + tokens
         return self.ln_f(x)
 
-    def new_cache(self, batch_size: int, capacity: int | None = None) -> list[LayerCache]:
-        """Empty key/value buffers for decoding up to `capacity` tokens (default: block_size)."""
-        c = self.config
-        weight = self.lm_head.weight
-        shape = (batch_size, c.n_head, capacity or c.block_size, c.n_embd // c.n_head)
-        return [LayerCache(weight.new_empty(shape), weight.new_empty(shape)) for _ in range(c.n_layer)]
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> "DecodeCache":
+        """Empty per-layer decoding state for up to `capacity` tokens (default: block_size)."""
+        return DecodeCache(block.attn.new_cache(batch_size, capacity or self.config.block_size,
+                                                self.lm_head.weight) for block in self.blocks)
 
-    def decode(self, idx: torch.Tensor, cache: list[LayerCache], positions: torch.Tensor | None = None,
+    def decode(self, idx: torch.Tensor, cache: "DecodeCache", positions: torch.Tensor | None = None,
                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, vocab) after the last of `idx` (B, T), which comes after the cached tokens and joins them."""
         hidden = self.hidden_states(idx, positions=positions, attn_mask=attn_mask, cache=cache)
