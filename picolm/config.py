@@ -11,7 +11,7 @@ import yaml
 from picolm.errors import PicolmError
 
 ATTENTION_KINDS = ("softmax", "linear")
-FEATURE_MAPS = ("elu", "relu")  # linear attention kernels phi(x)
+FEATURE_MAP_KINDS = ("elu", "relu")  # linear attention kernels phi(x)
 POSITION_KINDS = ("learned", "rope", "none")
 MLP_KINDS = ("gelu", "swiglu")
 ARCHITECTURES = ("gpt", "hf")  # hf: a Hugging Face causal LM started from with train.hf_model
@@ -43,13 +43,18 @@ class ModelConfig:
             (self.attention in ATTENTION_KINDS, "attention", f"must be one of {', '.join(ATTENTION_KINDS)}"),
             (self.position in POSITION_KINDS, "position", f"must be one of {', '.join(POSITION_KINDS)}"),
             (self.mlp in MLP_KINDS, "mlp", f"must be one of {', '.join(MLP_KINDS)}"),
-            (self.feature_map in FEATURE_MAPS, "feature_map", f"must be one of {', '.join(FEATURE_MAPS)}"),
+            (self.feature_map in FEATURE_MAP_KINDS, "feature_map", f"must be one of {', '.join(FEATURE_MAP_KINDS)}"),
             (self.chunk_size > 0, "chunk_size", "must be positive"),
             (self.n_layer > 0 and self.n_head > 0 and self.n_embd > 0, "n_layer", "sizes must be positive"),
             (self.n_embd % self.n_head == 0, "n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}"),
             (self.block_size > 0, "block_size", "must be positive"),
             (0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)"),
         ]
+        if self.attention != "linear":
+            defaults = ModelConfig()
+            for name in ("feature_map", "chunk_size"):
+                checks.append((getattr(self, name) == getattr(defaults, name), name,
+                               f"applies to linear attention only (model.attention is {self.attention})"))
         if self.position == "rope":
             checks.append(((self.n_embd // self.n_head) % 2 == 0, "n_embd", "RoPE needs an even head size"))
         for ok, name, why in checks:

@@ -206,8 +206,13 @@ def test_lr_schedule_shapes():
 
 def test_tensorboard_events_are_written(numeric_data, tmp_path):
     pytest.importorskip("tensorboard")
-    make_trainer(numeric_data, tmp_path / "run", **{"train.max_steps": 3, "log.backends": "tensorboard"}).fit()
-    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    make_trainer(numeric_data, tmp_path / "run", **{"train.max_steps": 3, "train.log_every": 1,
+                                                    "log.backends": "tensorboard", "model.differential": True}).fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"histograms": 0}).Reload()
+    assert "train/loss" in events.Tags()["scalars"]
+    assert [e.step for e in events.Histograms("diag/delta_norm")] == [1, 2, 3]
 
 
 def test_wandb_runs_offline_without_credentials(numeric_data, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""Attention kinds. Softmax attention runs through `scaled_dot_product_attention` (flash kernels)."""
+"""Attention kinds. Softmax attention runs through `scaled_dot_product_attention` (flash kernels); linear
+attention is in `linear_attention.py`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from picolm.config import ModelConfig
+from picolm.models.linear_attention import LinearAttention
 from picolm.models.position import apply_rotary
 
 
@@ -74,7 +76,7 @@ class SoftmaxAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-ATTENTIONS = {"softmax": SoftmaxAttention}
+ATTENTIONS = {"softmax": SoftmaxAttention, "linear": LinearAttention}
 
 
 def build_attention(config: ModelConfig) -> nn.Module:

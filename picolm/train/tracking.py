@@ -8,8 +8,17 @@ import os
 import uuid
 from pathlib import Path
 
+import torch
+
 from picolm.config import Config
 from picolm.errors import PicolmError
+
+
+def summarize(name: str, values: torch.Tensor) -> dict[str, float]:
+    """Mean, std, min and max of a distribution as metrics `<name>_mean` and so on."""
+    values = values.detach().float().flatten()
+    return {f"{name}_mean": float(values.mean()), f"{name}_std": float(values.std()),
+            f"{name}_min": float(values.min()), f"{name}_max": float(values.max())}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -51,6 +60,12 @@ class Tracker:
     def _rewrite_jsonl(self) -> None:
         with (self.run_dir / "metrics.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        histograms = self.run_dir / "histograms.jsonl"
+        if histograms.exists():  # a resumed run drops the histograms past its checkpoint too
+            last = self.rows[-1]["step"] if self.rows else 0
+            kept = [line for line in histograms.read_text(encoding="utf-8").splitlines()
+                    if line and json.loads(line)["step"] <= last]
+            histograms.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
@@ -60,6 +75,16 @@ class Tracker:
         values = {k: v for k, v in row.items() if k != "step"}
         for backend in self.backends:
             backend.log(step, values)
+
+    def log_histogram(self, step: int, name: str, values: torch.Tensor, bins: int = 30) -> None:
+        """A distribution's histogram, to histograms.jsonl and the backends."""
+        values = values.detach().float().flatten().cpu()
+        counts, edges = torch.histogram(values, bins=bins)
+        with (self.run_dir / "histograms.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "name": name, "edges": edges.tolist(),
+                                "counts": counts.long().tolist()}) + "\n")
+        for backend in self.backends:
+            backend.log_histogram(step, name, values)
 
     def write_csv(self) -> None:
         columns = ["step"] + sorted({k for r in self.rows for k in r} - {"step"})
@@ -84,6 +109,9 @@ class TensorBoardBackend:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step)
+
+    def log_histogram(self, step: int, name: str, values: torch.Tensor) -> None:
+        self.writer.add_histogram(name, values, step)
 
     def close(self) -> None:
         self.writer.close()
@@ -110,6 +138,9 @@ class WandbBackend:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(dict(metrics), step=step)
+
+    def log_histogram(self, step: int, name: str, values: torch.Tensor) -> None:
+        self.run.log({name: self.wandb.Histogram(values.numpy())}, step=step)
 
     def close(self) -> None:
         self.run.finish()

@@ -26,7 +26,7 @@ from picolm.train.checkpoint import load_checkpoint, save_checkpoint
 from picolm.train.objectives import (PREFERENCE_METRICS, Preference, build_objective, evaluate_objective,
                                      precompute_reference, sequence_log_probs)
 from picolm.train.optim import build_optimizers, load_optimizer_state, lr_factor, set_lr, warmup_steps
-from picolm.train.tracking import Tracker
+from picolm.train.tracking import Tracker, summarize
 
 MONITOR_PAIRS = 64  # held-out pairs the SFT monitor scores at each evaluation
 
@@ -444,6 +444,10 @@ class Trainer:
                 metrics["train/tokens_per_sec"] = tokens_in_window / max(now - window_start, 1e-9)
                 metrics["train/lr"] = t.lr * factor
                 metrics["train/epoch"] = self.train_data.epochs_done()
+                delta_norms = getattr(self.model, "delta_norms", None)  # differential inputs
+                if delta_norms is not None:
+                    metrics.update(summarize("diag/delta_norm", delta_norms))
+                    tracker.log_histogram(self.global_step, "diag/delta_norm", delta_norms)
                 tracker.log(self.global_step, metrics)
                 progress.set_postfix(loss=f"{metrics['train/loss']:.3f}",
                                      tok_s=f"{metrics['train/tokens_per_sec']:.0f}", refresh=False)
