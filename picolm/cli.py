@@ -10,7 +10,8 @@ from pathlib import Path
 
 from picolm.errors import PicolmError
 
-VERBS_HELP = "prepare data, train (pretrain, SFT, DPO), evaluate, compare, generate, chat, serve, or run the quickstart"
+VERBS_HELP = ("prepare data, train (pretrain, SFT, DPO), evaluate, compare, analyze, generate, chat, serve, or run the "
+              "quickstart")
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -145,6 +146,22 @@ def _parser() -> argparse.ArgumentParser:
                                      "curves overlaid, written to OUT/compare.md and OUT/compare.png.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="compare", help="folder for compare.md and compare.png")
+
+    p = verbs.add_parser("analyze", formatter_class=Formatter, help="look inside a model: embeddings, attention, neurons",
+                         description="Report-ready plots of what a model learned, written to --out: embedding_pca.png "
+                                     "(token embeddings on their first two principal components, coloured by token "
+                                     "kind), attention.png (attention weights per layer and head for --text; for "
+                                     "linear attention, the normalised kernel weights), and neurons.png with "
+                                     "neurons.json (which MLP units respond to which numeric sequence kind; numeric "
+                                     "data only).")
+    p.add_argument("target", metavar="RUN_DIR", help="run directory (best checkpoint) or checkpoint file")
+    p.add_argument("--what", default="pca,attention,neurons", help="comma-separated: pca, attention, neurons")
+    p.add_argument("--text", default=None,
+                   help="attention: the input to show (default: the first validation document of the run's data)")
+    p.add_argument("--data", default=None, help="neurons: a numeric data directory (default: the run's)")
+    p.add_argument("--out", default=None, help="folder for the plots (default: RUN_DIR/analysis)")
+    p.add_argument("--max-windows", type=int, default=256, help="neurons: validation windows to average over")
+    p.add_argument("--device", default="auto")
 
     for verb, what in (("chat", "chat with a model in the terminal"), ("serve", "chat with a model on a local web page")):
         p = verbs.add_parser(verb, formatter_class=Formatter, help=what,
@@ -347,6 +364,18 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from picolm.analysis.interpret import analyze_run
+    from picolm.train.trainer import resolve_device
+
+    if args.max_windows < 1:
+        raise PicolmError("must be at least 1", field="--max-windows")
+    device = resolve_device(args.device, field="--device")
+    for path in analyze_run(args.target, args.what, args.text, args.data, args.out, args.max_windows, device):
+        print(f"wrote {path}")
+    return 0
+
+
 def _chat_session(args):
     from picolm.chat.session import ChatSession
     from picolm.models.loading import load_model
@@ -403,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "train":
             return cmd_train(args, overrides)
-        return {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare, "chat": cmd_chat,
-                "serve": cmd_serve, "quickstart": cmd_quickstart}[args.verb](args)
+        return {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare,
+                "analyze": cmd_analyze, "chat": cmd_chat, "serve": cmd_serve, "quickstart": cmd_quickstart}[args.verb](args)
     except PicolmError as exc:
         if args.debug:
             raise
