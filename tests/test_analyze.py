@@ -65,8 +65,11 @@ def test_attention_rows_are_distributions_and_causal(options):
     assert len(maps) == 2 and maps[0].shape == (2, 6, 6)
     past = torch.ones(6, 6, dtype=torch.bool).tril()
     for weights in maps:
+        assert (weights[:, ~past] == 0).all()
+        if options == {"attention": "linear", "position": "rope"}:
+            continue  # RoPE rotates the kernel's numerator only: the rows are weights, no longer a distribution
         torch.testing.assert_close(weights.sum(-1), torch.ones(2, 6))
-        assert (weights[:, ~past] == 0).all() and (weights[:, past] > 0).all()
+        assert (weights[:, past] > 0).all()
 
 
 def test_bidirectional_attention_sees_the_future():
