@@ -141,11 +141,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="several samples, decoded together in one batch")
     p.add_argument("--device", default="auto")
 
-    p = verbs.add_parser("compare", formatter_class=Formatter, help="compare runs: one table, one plot",
-                         description="Final metrics of several runs side by side (a markdown table) and their loss "
-                                     "curves overlaid, written to OUT/compare.md and OUT/compare.png.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default="compare", help="folder for compare.md and compare.png")
+    p = verbs.add_parser("compare", formatter_class=Formatter, help="compare runs, or run a whole experiment",
+                         description="With run directories: their final metrics side by side (a markdown table) and "
+                                     "their loss curves overlaid, written to OUT/compare.md and OUT/compare.png.\n\n"
+                                     "With a compare recipe (a .yaml file, or a built-in one by name: numeric-compare, "
+                                     "positions-compare, ar-vs-diffusion): prepare its data, train every run of it "
+                                     "for the same steps, evaluate, sample and analyse each, and write "
+                                     "OUT/table.md, OUT/results.json and OUT/curves.png (OUT defaults to "
+                                     "runs/compare-NAME). Run it again to continue an interrupted experiment. "
+                                     "Settings such as --train.max_steps 3000 or --model.preset small apply to "
+                                     "every run.",
+                         epilog="examples:\n"
+                                "  picolm compare runs/a runs/b --out compare\n"
+                                "  picolm compare numeric-compare\n"
+                                "  picolm compare positions-compare --train.max_steps 5000 --device cuda")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR | RECIPE")
+    p.add_argument("--out", default=None, help="output folder (default: compare, or runs/compare-NAME for a recipe)")
+    p.add_argument("--data", default=None, help="recipe: an already prepared data directory to use instead")
+    p.add_argument("--device", default="auto", help="recipe: where to train and evaluate")
 
     p = verbs.add_parser("analyze", formatter_class=Formatter, help="look inside a model: embeddings, attention, neurons",
                          description="Report-ready plots of what a model learned, written to --out: embedding_pca.png "
@@ -355,10 +368,18 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args, overrides: dict[str, str]) -> int:
     from picolm.analysis.compare import compare_runs
+    from picolm.analysis.experiment import is_experiment, load_experiment, run_experiment
 
-    table, report = compare_runs(args.runs, args.out)
+    if len(args.runs) == 1 and is_experiment(args.runs[0]):
+        report = run_experiment(load_experiment(args.runs[0]), args.out, overrides, args.data, args.device)
+        print(f"\nreport: {report}")
+        return 0
+    if overrides or args.data:
+        raise PicolmError("settings and --data apply to a compare recipe, not to finished runs",
+                          field="--" + next(iter(overrides)) if overrides else "--data")
+    table, report = compare_runs(args.runs, args.out or "compare")
     print(table)
     print(f"\nreport: {report}")
     return 0
@@ -427,12 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 0
-    if overrides and args.verb != "train":
-        parser.error(f"settings such as --{next(iter(overrides))} apply to `picolm train` only")
+    if overrides and args.verb not in ("train", "compare"):
+        parser.error(f"settings such as --{next(iter(overrides))} apply to `picolm train` and `picolm compare` only")
     try:
-        if args.verb == "train":
-            return cmd_train(args, overrides)
-        return {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate, "compare": cmd_compare,
+        if args.verb in ("train", "compare"):
+            return {"train": cmd_train, "compare": cmd_compare}[args.verb](args, overrides)
+        return {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate,
                 "analyze": cmd_analyze, "chat": cmd_chat, "serve": cmd_serve, "quickstart": cmd_quickstart}[args.verb](args)
     except PicolmError as exc:
         if args.debug:

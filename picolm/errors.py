@@ -12,6 +12,7 @@ class PicolmError(Exception):
             where = f"{path}:{line}: " if line is not None else f"{path}: "
         what = f"{field}: " if field else ""
         super().__init__(f"{where}{what}{message}")
+        self.message, self.path, self.line, self.field = message, path, line, field
 
 
 class TrainingStopped(PicolmError):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from picolm.config import build_config
 from picolm.data.pack import PrepareOptions, load_meta, prepare
+from picolm.train.report import train_stage
 
 RECIPES = Path(__file__).parent / "recipes"
 DPO_PAIRS = 2000  # 1600 to train on: the reference pass over them and an epoch fit the time budget
@@ -51,20 +52,7 @@ def _limits(minutes: float | None, steps: int | None, epochs: float | None = Non
 
 
 def _train(stage: str, recipe: str, overrides: dict, run_dir: Path) -> Path:
-    """Train one stage (resuming it if an earlier quickstart was interrupted) and write its plots and samples."""
-    from picolm.train.report import finish_run
-    from picolm.train.trainer import Trainer
-
-    started = time.perf_counter()
-    config = build_config(RECIPES / recipe, overrides)
-    trainer = Trainer(config, run_dir, resume=(run_dir / "checkpoints" / "last.pt").exists())
-    print(f"\n== {stage}: {trainer.model.num_params() / 1e6:.2f}M parameters on {trainer.device}, run {run_dir}")
-    result = trainer.fit()
-    if result.stop_reason == "interrupted":
-        raise KeyboardInterrupt
-    finish_run(trainer, result)
-    print(f"{stage} took {time.perf_counter() - started:.0f} s")
-    return run_dir
+    return train_stage(stage, build_config(RECIPES / recipe, overrides), run_dir)
 
 
 def run_quickstart(options: QuickstartOptions) -> dict:

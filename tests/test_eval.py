@@ -71,3 +71,35 @@ def test_compare_writes_one_table_and_one_plot(trained_run, numeric_data, tmp_pa
     assert first in table and (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
     assert main(["compare", str(trained_run), str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_per_kind_loss_is_the_mean_over_that_kinds_numbers(numeric_data):
+    """An independent count: every window's per-token cross-entropy, grouped by the target's kind."""
+    import numpy as np
+    import torch
+
+    from picolm.config import ModelConfig
+    from picolm.data.loader import eval_windows
+    from picolm.data.pack import load_meta
+    from picolm.eval.lm import evaluate_tokens, load_split
+    from picolm.models.gpt import GPT
+
+    meta = load_meta(numeric_data)
+    tokens, kinds = load_split(numeric_data, "val")
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=meta["vocab_size"])).eval()
+    result = evaluate_tokens(model, tokens, 16, batch_size=4, max_windows=12, kinds=kinds, kind_names=meta["kinds"],
+                             eos_id=meta["eos_id"])
+    sums, counts = {}, {}
+    for start in eval_windows(tokens, 16, 12):
+        window = torch.from_numpy(np.asarray(tokens[start:start + 17], dtype=np.int64))
+        with torch.no_grad():
+            losses = torch.nn.functional.cross_entropy(model(window[None, :-1])[0].double(), window[1:], reduction="none")
+        for offset, loss in enumerate(losses.tolist()):
+            if int(window[offset + 1]) != meta["eos_id"]:
+                name = meta["kinds"][int(kinds[start + offset + 1])]
+                sums[name] = sums.get(name, 0.0) + loss
+                counts[name] = counts.get(name, 0) + 1
+    assert sums
+    for name in sums:
+        assert result[f"loss/{name}"] == pytest.approx(sums[name] / counts[name], rel=1e-5)

@@ -38,7 +38,7 @@ def markdown_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_runs(histories: dict[str, list[dict]], path: Path) -> Path:
+def plot_runs(histories: dict[str, list[dict]], path: Path, title: str = "runs compared") -> Path:
     """Validation loss (and the training loss, thin) of every run against step."""
     import matplotlib
 
@@ -56,7 +56,7 @@ def plot_runs(histories: dict[str, list[dict]], path: Path) -> Path:
             ax.plot(*zip(*val), "o-", color=color, linewidth=1.6, markersize=3, label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (validation: markers; training: thin)")
-    ax.set_title("runs compared")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from picolm.analysis.curves import plot_loss
 from picolm.eval.samples import document_openings, write_samples
 from picolm.train.tracking import read_metrics
@@ -27,3 +30,18 @@ def finish_run(trainer, result) -> None:
     if samples:
         print("\n" + samples[0])
     print(f"run directory: {run_dir}")
+
+
+def train_stage(stage: str, config, run_dir: Path) -> Path:
+    """Train one run of a pipeline (resuming it if an earlier attempt was interrupted), with its plots and samples."""
+    from picolm.train.trainer import Trainer
+
+    started = time.perf_counter()
+    trainer = Trainer(config, run_dir, resume=(Path(run_dir) / "checkpoints" / "last.pt").exists())
+    print(f"\n== {stage}: {trainer.model.num_params() / 1e6:.2f}M parameters on {trainer.device}, run {run_dir}")
+    result = trainer.fit()
+    if result.stop_reason == "interrupted":
+        raise KeyboardInterrupt
+    finish_run(trainer, result)
+    print(f"{stage} took {time.perf_counter() - started:.0f} s")
+    return Path(run_dir)
