@@ -50,6 +50,12 @@ def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int = 100) 
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="diffusion models: denoising steps (default: one per new token)")
+    p.add_argument("--remasking", default="none", choices=["none", "low_confidence"],
+                   help="diffusion models: reveal masked tokens at random (none) or the most confident first")
+    p.add_argument("--block-length", type=int, default=None,
+                   help="diffusion models: denoise blocks of this many tokens left to right (semi-autoregressive)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -330,7 +336,8 @@ def sampling_options(args):
 
     options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                              stop=tuple(args.stop or ()), seed=args.seed)
+                              stop=tuple(args.stop or ()), seed=args.seed, steps=args.steps,
+                              remasking=args.remasking, block_length=args.block_length)
     options.validate()
     return options
 
