@@ -350,15 +350,18 @@ def cmd_generate(args) -> int:
     options = sampling_options(args)
     device = resolve_device(args.device, field="--device")
     loaded = load_model(args.target, device=device)
+    options.check_model(loaded.model)
     generator = TextGenerator(loaded.model, loaded.tokenizer, device)
+    # numeric tokens are joined with spaces: the continuation's first number must not run into the prompt's last
+    prompt = args.prompt + (" " if getattr(loaded.tokenizer, "separator", "") and args.prompt.strip() else "")
     if args.num_samples == 1:
-        print(args.prompt, end="", flush=True)
+        print(prompt, end="", flush=True)
         for piece in generator.stream(args.prompt, options):
             print(piece, end="", flush=True)
         print()
         return 0
     for text in generator.complete([args.prompt] * args.num_samples, options):
-        print(args.prompt + text + "\n")
+        print(prompt + text + "\n")
     return 0
 
 

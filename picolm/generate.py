@@ -49,6 +49,18 @@ class SamplingOptions:
             if not ok:
                 raise PicolmError(f"{why} (got {getattr(self, name)!r})", field="--" + name.replace("_", "-"))
 
+    def check_model(self, model) -> None:
+        """Refuse the options that the model's way of decoding has no use for, before any decoding."""
+        if is_diffusion(model):
+            if self.repetition_penalty != 1.0:
+                raise PicolmError("a diffusion model writes all its tokens together: there is no earlier output "
+                                  "to penalize", field="--repetition-penalty")
+            return
+        for name, default in (("steps", None), ("remasking", "none"), ("block_length", None)):
+            if getattr(self, name) != default:
+                raise PicolmError("applies to masked-diffusion models only; this model decodes left to right",
+                                  field="--" + name.replace("_", "-"))
+
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Keep the top-k logits and the smallest set whose probability reaches top_p; the rest become -inf."""
@@ -121,9 +133,7 @@ def decode_steps(model, prompts: list[list[int]], options: SamplingOptions, eos_
     options.validate()
     if is_diffusion(model):
         raise PicolmError("a masked-diffusion model does not decode left to right; use generate_ids", field="model")
-    for name, default in (("steps", None), ("remasking", "none"), ("block_length", None)):
-        if getattr(options, name) != default:
-            raise PicolmError("applies to masked-diffusion models only", field="--" + name.replace("_", "-"))
+    options.check_model(model)
     block_size = model.config.block_size
     if any(not p or len(p) > block_size for p in prompts):
         raise PicolmError(f"every prompt needs 1 to {block_size} tokens", field="prompt")
@@ -192,9 +202,7 @@ def denoise_ids(model, prompts: list[list[int]], options: SamplingOptions, eos_i
     """A masked-diffusion model's continuation of every prompt (as long as the context leaves room for, up to
     max_new_tokens), cut before its first EOS. No KV cache: every step reads the whole canvas both ways."""
     options.validate()
-    if options.repetition_penalty != 1.0:
-        raise PicolmError("a diffusion model writes all its tokens together: there is no earlier output to "
-                          "penalize", field="--repetition-penalty")
+    options.check_model(model)
     room = model.config.block_size - max(len(p) for p in prompts)
     if any(not p for p in prompts) or room < 1:
         raise PicolmError(f"every prompt needs 1 to {model.config.block_size - 1} tokens", field="prompt")
@@ -241,6 +249,7 @@ class TextGenerator:
     def __init__(self, model, tokenizer, device="cpu", warn: Callable[[str], None] | None = None):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.warn = warn or (lambda message: print(f"picolm: {message}", file=sys.stderr))
+        self.room_warned = False  # a diffusion model's shortened continuations are reported once
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt (text, or ids as they are); an empty one starts a new document (EOS); one
@@ -308,12 +317,13 @@ class TextGenerator:
 
     def _denoise_batch(self, prompts: list[str] | list[list[int]], options: SamplingOptions) -> list[str]:
         """A diffusion model's continuations, written inside the context: fewer tokens than asked when the prompt
-        leaves less room, and it says so."""
+        leaves less room, and it says so (once)."""
         ids = [self.encode_prompt(p) for p in prompts]
         room = self.model.config.block_size - max(len(p) for p in ids)
-        if options.max_new_tokens > room:
-            self.warn(f"a diffusion model writes inside its context: {room} new tokens after this prompt, "
-                      f"not {options.max_new_tokens}")
+        if options.max_new_tokens > room and not self.room_warned:
+            self.room_warned = True
+            self.warn(f"a diffusion model writes inside its context of {self.model.config.block_size} tokens: "
+                      f"{room} new tokens after this prompt, not {options.max_new_tokens}")
         rows = denoise_ids(self.model, ids, replace(options, max_new_tokens=min(options.max_new_tokens, room)),
                            self.tokenizer.eos_id, self.tokenizer.vocab_size, self.device)
         texts = []

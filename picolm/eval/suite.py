@@ -72,6 +72,7 @@ class RunEvaluation:
         request.validate()
         self.loaded, self.request, self.device = loaded, request, device
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        request.sampling.check_model(self.model)
         self.train_config = loaded.checkpoint.get("train_config", {})
         self.data_dir = request.data or self.train_config.get("data", {}).get("path")
 
@@ -198,7 +199,10 @@ class RunEvaluation:
         outputs = generate_ids(self.model, prompts, options, self.tokenizer.eos_id, self.tokenizer.vocab_size,
                                self.device)
         texts = [self.tokenizer.decode(ids) for ids in outputs]
-        ended = [len(ids) < options.max_new_tokens for ids in outputs]
+        canvas = options.max_new_tokens  # a diffusion model's output fills at most the rest of its context
+        if is_diffusion(self.model):
+            canvas = min(canvas, self.model.config.block_size - max(len(p) for p in prompts))
+        ended = [len(ids) < canvas for ids in outputs]
         nonempty = [bool(text.strip()) for text in texts]
         clean = [not any(h in text for h in TEMPLATE_HEADERS) for text in texts]
         n = len(texts)

@@ -69,11 +69,13 @@ def evaluate_nelbo(model, tokens: np.ndarray, block_size: int, batch_size: int =
         x0 = torch.from_numpy(rows).to(device).repeat(times_per_window, 1)
         t = antithetic_times(len(x0), eps, generator, device)
         masked = mask_positions(x0, t, generator)
-        with autocast():
-            logits = model(x0.masked_fill(masked, model.config.mask_id)).float()
-        log_p = logits.log_softmax(-1).gather(-1, x0[..., None]).squeeze(-1)
-        nll_sum += float(-(log_p * masked / t[:, None]).sum())
-        correct += int(((logits.argmax(-1) == x0) & masked).sum())
+        for part in range(0, len(x0), len(rows)):  # one noise level per window at a time: the AR evaluation's memory
+            x, m, w = x0[part:part + len(rows)], masked[part:part + len(rows)], 1.0 / t[part:part + len(rows), None]
+            with autocast():
+                logits = model(x.masked_fill(m, model.config.mask_id)).float()
+            log_p = logits.log_softmax(-1).gather(-1, x[..., None]).squeeze(-1)
+            nll_sum += float(-(log_p * m * w).sum())
+            correct += int(((logits.argmax(-1) == x) & m).sum())
         masked_count += int(masked.sum())
         count += x0.numel()
     model.train(was_training)

@@ -19,7 +19,7 @@ from picolm.data.records import BadRows
 from picolm.data.pack import load_meta
 from picolm.errors import PicolmError, TrainingStopped
 from picolm.eval.lm import evaluate_tokens, evaluation_metric_names, load_split
-from picolm.models.diffusion import evaluate_nelbo
+from picolm.models.diffusion import evaluate_nelbo, is_diffusion
 from picolm.models.loading import (LoadedModel, build_model, describe_mismatch, load_model,
                                    model_config_from_checkpoint)
 from picolm.tokenizer import load_tokenizer
@@ -65,7 +65,7 @@ def metric_improved(value: float, best: float | None, metric: str) -> bool:
     """Lower is better for losses and perplexities, higher for accuracies."""
     if best is None:
         return True
-    return value < best if metric.endswith(("loss", "perplexity")) else value > best
+    return value < best if metric.endswith(("loss", "perplexity", "perplexity_bound")) else value > best
 
 
 @dataclass
@@ -160,6 +160,10 @@ class Trainer:
                 self.config.model = model_config_from_checkpoint(load_checkpoint(last, mmap=True), last)
             return None
         loaded = load_model(t.init_from)
+        if is_diffusion(loaded.model) != self.diffusion:
+            why = ("masked diffusion starts from scratch or from a masked-diffusion run, not a left-to-right model"
+                   if self.diffusion else "a masked-diffusion model trains on only with objective.kind mdlm")
+            raise PicolmError(why, field="train.init_from")
         self.config.model = loaded.model.config
         self.log(f"starting from {loaded.path} (step {loaded.checkpoint.get('global_step', 0)})")
         return loaded
@@ -504,6 +508,7 @@ class Trainer:
 
     def _report(self, progress, val_metrics: dict) -> None:
         shown = ", ".join(f"{name[4:]} {val_metrics[name]:.4f}" for name in ("val/loss", "val/accuracy",
+                                                                             "val/masked_accuracy",
                                                                              "val/rewards/accuracies")
                           if name in val_metrics)
         line = f"step {self.global_step}: {shown}"
