@@ -106,6 +106,7 @@ def test_the_loss_is_the_weighted_cross_entropy_of_the_masked_tokens(monkeypatch
     assert int(count) == 12 and float(total / count) == pytest.approx(expected, rel=1e-5)
 
 
+@torch.no_grad()
 def test_only_masked_tokens_count():
     model = diffusion_model()
     x_other = X0.clone()
@@ -405,7 +406,8 @@ def test_a_diffusion_run_is_no_starting_point_for_left_to_right_training(diffusi
                                                                          tmp_path, capsys):
     assert main(["train", "--data", str(numeric_data), "--out", str(tmp_path / "a"), "--init-from",
                  str(diffusion_run), "--train.max_steps", "1", "--log.progress", "false"]) == 2
-    assert "train.init_from: a masked-diffusion model trains on only with objective.kind mdlm" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "train.init_from: a masked-diffusion model trains on only with objective.kind mdlm" in error
     assert main(["train", "--data", str(numeric_data), "--out", str(tmp_path / "b"), "--init-from",
                  str(trained_run), "--train.max_steps", "1", "--log.progress", "false", *DIFFUSION]) == 2
     assert "train.init_from: masked diffusion starts from scratch" in capsys.readouterr().err
