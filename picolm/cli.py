@@ -50,6 +50,12 @@ def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int = 100) 
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="diffusion models: denoising steps (default: one per new token)")
+    p.add_argument("--remasking", default="none", choices=["none", "low_confidence"],
+                   help="diffusion models: reveal masked tokens at random (none) or the most confident first")
+    p.add_argument("--block-length", type=int, default=None,
+                   help="diffusion models: denoise blocks of this many tokens left to right (semi-autoregressive)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -343,7 +349,8 @@ def sampling_options(args):
 
     options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                              stop=tuple(args.stop or ()), seed=args.seed)
+                              stop=tuple(args.stop or ()), seed=args.seed, steps=args.steps,
+                              remasking=args.remasking, block_length=args.block_length)
     options.validate()
     return options
 
@@ -356,15 +363,18 @@ def cmd_generate(args) -> int:
     options = sampling_options(args)
     device = resolve_device(args.device, field="--device")
     loaded = load_model(args.target, device=device)
+    options.check_model(loaded.model)
     generator = TextGenerator(loaded.model, loaded.tokenizer, device)
+    # numeric tokens are joined with spaces: the continuation's first number must not run into the prompt's last
+    prompt = args.prompt + (" " if getattr(loaded.tokenizer, "separator", "") and args.prompt.strip() else "")
     if args.num_samples == 1:
-        print(args.prompt, end="", flush=True)
+        print(prompt, end="", flush=True)
         for piece in generator.stream(args.prompt, options):
             print(piece, end="", flush=True)
         print()
         return 0
     for text in generator.complete([args.prompt] * args.num_samples, options):
-        print(args.prompt + text + "\n")
+        print(prompt + text + "\n")
     return 0
 
 

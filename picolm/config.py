@@ -36,6 +36,7 @@ class ModelConfig:
     feature_map: str = "elu"  # linear attention: phi(x) = elu(x) + 1 | relu
     chunk_size: int = 64  # linear attention: tokens per chunk of the causal parallel form
     differential: bool = False  # feed the blocks e_t - e_{t-1}; add e_t back before the final norm
+    mask_id: int = -1  # masked diffusion: the mask token's id (set by mdlm training; the head never predicts it)
 
     def validate(self) -> None:
         checks = [
@@ -49,6 +50,8 @@ class ModelConfig:
             (self.n_embd % self.n_head == 0, "n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}"),
             (self.block_size > 0, "block_size", "must be positive"),
             (0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)"),
+            (self.mask_id < 0 or (self.vocab_size <= 0 or self.mask_id == self.vocab_size - 1), "mask_id",
+             "must be the last id of the vocabulary"),
         ]
         if self.attention != "linear":
             defaults = ModelConfig()
@@ -82,19 +85,20 @@ class DataConfig:
     skip_bad_rows: bool = False  # SFT/DPO rows that cannot be used: report and skip them instead of stopping
 
 
-OBJECTIVE_KINDS = ("auto", "next_token", "sft", "dpo")
+OBJECTIVE_KINDS = ("auto", "next_token", "sft", "dpo", "mdlm")
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge")
 
 
 @dataclass
 class ObjectiveConfig:
-    kind: str = "auto"  # auto (from the data: text -> next_token, sft, dpo) | next_token | sft | dpo
+    kind: str = "auto"  # auto (from the data: text -> next_token, sft, dpo) | next_token | sft | dpo | mdlm
     beta: float = 0.1  # DPO: strength of the pull toward the reference
     loss: str = "sigmoid"  # DPO loss: sigmoid (DPO; cDPO with label_smoothing) | ipo | hinge
     label_smoothing: float = 0.0  # conservative DPO: the assumed rate of flipped preference labels
     length_normalize: bool = False  # DPO: mean instead of summed response log-probabilities (always for ipo)
     reference: str = "precomputed"  # precomputed (once, before training; the reference model is dropped) | live
     monitor: str = ""  # SFT: a DPO data directory whose chosen/rejected mean log-probabilities are logged
+    eps: float = 1e-3  # mdlm: the smallest noise level t (t ~ U(eps, 1))
 
     def validate(self) -> None:
         checks = [
@@ -103,6 +107,7 @@ class ObjectiveConfig:
             (self.beta > 0, "beta", "must be positive"),
             (0.0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)"),
             (self.reference in ("precomputed", "live"), "reference", "must be precomputed or live"),
+            (0.0 < self.eps < 1.0, "eps", "must be in (0, 1)"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -189,9 +194,27 @@ class Config:
         self.model.validate()
         self.train.validate()
         self.objective.validate()
+        self._check_combinations()
         for backend in self.log.backends:
             if backend not in ("tensorboard", "wandb"):
                 raise PicolmError(f"unknown backend {backend!r} (tensorboard, wandb)", field="log.backends")
+
+    def _check_combinations(self) -> None:
+        """Settings that are each valid but do not fit together."""
+        diffusion = self.objective.kind == "mdlm"
+        checks = [
+            (not (diffusion and self.model.causal), "model.causal",
+             "masked diffusion needs a bidirectional model: set model.causal false"),
+            (not (diffusion and self.model.attention == "linear"), "model.attention",
+             "linear attention is built in its causal (chunked and recurrent) form; masked diffusion needs softmax"),
+            (not (diffusion and self.train.hf_model), "train.hf_model",
+             "a Hugging Face causal LM cannot be a masked-diffusion backbone"),
+            (diffusion or self.model.mask_id < 0, "model.mask_id",
+             "a mask token belongs to masked diffusion (objective.kind mdlm), which sets it"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise PicolmError(why, field=name)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

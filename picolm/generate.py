@@ -4,17 +4,20 @@ sampled tokens (temperature, top-k, top-p, repetition penalty), EOS and stop str
 `decode_steps` is the token loop; `TextGenerator` puts a tokenizer around it for the CLI, chat, the web page
 and evaluation. A model with `new_cache` / `decode` (see `GPT`) decodes one token per step against its cache;
 any other model with `forward(idx, positions=, attn_mask=) -> logits` recomputes the context every step.
+A masked-diffusion model (`is_diffusion`) is sent to its sampler instead (`generate_ids`), which writes the
+whole continuation at once in `steps` denoising steps.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from picolm.errors import PicolmError
+from picolm.models.diffusion import REMASKING, is_diffusion, sample
 
 
 @dataclass
@@ -26,6 +29,9 @@ class SamplingOptions:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the output (CTRL)
     stop: tuple[str, ...] = ()  # stop before any of these strings
     seed: int | None = 0  # None: a different sample every time
+    steps: int | None = None  # diffusion: denoising steps (default: one per new token)
+    remasking: str = "none"  # diffusion: none (revealed at random) | low_confidence (the most confident first)
+    block_length: int | None = None  # diffusion: denoise blocks of this many tokens left to right
 
     def validate(self) -> None:
         checks = [
@@ -35,10 +41,25 @@ class SamplingOptions:
             (self.top_p is None or 0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
             (self.repetition_penalty > 0, "repetition_penalty", "must be positive"),
             (all(self.stop), "stop", "stop strings must not be empty"),
+            (self.steps is None or self.steps >= 1, "steps", "must be at least 1"),
+            (self.remasking in REMASKING, "remasking", f"must be one of {', '.join(REMASKING)}"),
+            (self.block_length is None or self.block_length >= 1, "block_length", "must be at least 1"),
         ]
         for ok, name, why in checks:
             if not ok:
                 raise PicolmError(f"{why} (got {getattr(self, name)!r})", field="--" + name.replace("_", "-"))
+
+    def check_model(self, model) -> None:
+        """Refuse the options that the model's way of decoding has no use for, before any decoding."""
+        if is_diffusion(model):
+            if self.repetition_penalty != 1.0:
+                raise PicolmError("a diffusion model writes all its tokens together: there is no earlier output "
+                                  "to penalize", field="--repetition-penalty")
+            return
+        for name, default in (("steps", None), ("remasking", "none"), ("block_length", None)):
+            if getattr(self, name) != default:
+                raise PicolmError("applies to masked-diffusion models only; this model decodes left to right",
+                                  field="--" + name.replace("_", "-"))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -110,6 +131,9 @@ def decode_steps(model, prompts: list[list[int]], options: SamplingOptions, eos_
     Prompts must be non-empty and fit the context. When the context fills, the window slides: the cache
     restarts from the last half of it."""
     options.validate()
+    if is_diffusion(model):
+        raise PicolmError("a masked-diffusion model does not decode left to right; use generate_ids", field="model")
+    options.check_model(model)
     block_size = model.config.block_size
     if any(not p or len(p) > block_size for p in prompts):
         raise PicolmError(f"every prompt needs 1 to {block_size} tokens", field="prompt")
@@ -164,10 +188,28 @@ def decode_steps(model, prompts: list[list[int]], options: SamplingOptions, eos_
 def generate_ids(model, prompts: list[list[int]], options: SamplingOptions, eos_id: int | None = None,
                  vocab_size: int | None = None, device="cpu") -> list[list[int]]:
     """The new token ids of every prompt, without the EOS that ended it."""
+    if is_diffusion(model):
+        return denoise_ids(model, prompts, options, eos_id, vocab_size, device)
     steps = list(decode_steps(model, prompts, options, eos_id, vocab_size, device, pad_id=eos_id or 0))
     if not steps:
         return [[] for _ in prompts]
     rows = torch.stack(steps, dim=1).tolist()
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
+
+
+def denoise_ids(model, prompts: list[list[int]], options: SamplingOptions, eos_id: int | None = None,
+                vocab_size: int | None = None, device="cpu") -> list[list[int]]:
+    """A masked-diffusion model's continuation of every prompt (as long as the context leaves room for, up to
+    max_new_tokens), cut before its first EOS. No KV cache: every step reads the whole canvas both ways."""
+    options.validate()
+    options.check_model(model)
+    room = model.config.block_size - max(len(p) for p in prompts)
+    if any(not p for p in prompts) or room < 1:
+        raise PicolmError(f"every prompt needs 1 to {model.config.block_size - 1} tokens", field="prompt")
+    rows = sample(model, prompts, min(options.max_new_tokens, room), options.steps, options.temperature,
+                  options.remasking, options.block_length, vocab_size,
+                  lambda logits: filter_logits(logits, options.top_k, options.top_p), options.seed,
+                  pad_id=eos_id or 0, device=device).tolist()
     return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
 
 
@@ -207,6 +249,7 @@ class TextGenerator:
     def __init__(self, model, tokenizer, device="cpu", warn: Callable[[str], None] | None = None):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.warn = warn or (lambda message: print(f"picolm: {message}", file=sys.stderr))
+        self.room_warned = False  # a diffusion model's shortened continuations are reported once
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt (text, or ids as they are); an empty one starts a new document (EOS); one
@@ -223,7 +266,10 @@ class TextGenerator:
                             self.tokenizer.vocab_size, self.device, pad_id=self.tokenizer.eos_id)
 
     def stream(self, prompt: str | list[int], options: SamplingOptions) -> Iterator[str]:
-        """The continuation of one prompt, piece by piece as it is generated."""
+        """The continuation of one prompt, piece by piece as it is generated (a diffusion model's in one piece)."""
+        if is_diffusion(self.model):
+            yield from filter(None, self._denoise_batch([prompt], options))
+            return
         text = TextStream(self.tokenizer, options.stop)
         steps = self._steps([prompt], options)
         try:
@@ -248,6 +294,8 @@ class TextGenerator:
                 for text in self._complete_batch(prompts[i:i + batch_size], options)]
 
     def _complete_batch(self, prompts: list[str] | list[list[int]], options: SamplingOptions) -> list[str]:
+        if is_diffusion(self.model):
+            return self._denoise_batch(prompts, options)
         texts = [TextStream(self.tokenizer, options.stop) for _ in prompts]
         finished = [False] * len(prompts)
         steps = self._steps(prompts, options)
@@ -266,3 +314,24 @@ class TextGenerator:
         finally:
             steps.close()
         return [text.text for text in texts]
+
+    def _denoise_batch(self, prompts: list[str] | list[list[int]], options: SamplingOptions) -> list[str]:
+        """A diffusion model's continuations, written inside the context: fewer tokens than asked when the prompt
+        leaves less room, and it says so (once)."""
+        ids = [self.encode_prompt(p) for p in prompts]
+        room = self.model.config.block_size - max(len(p) for p in ids)
+        if options.max_new_tokens > room and not self.room_warned:
+            self.room_warned = True
+            self.warn(f"a diffusion model writes inside its context of {self.model.config.block_size} tokens: "
+                      f"{room} new tokens after this prompt, not {options.max_new_tokens}")
+        rows = denoise_ids(self.model, ids, replace(options, max_new_tokens=min(options.max_new_tokens, room)),
+                           self.tokenizer.eos_id, self.tokenizer.vocab_size, self.device)
+        texts = []
+        for row in rows:
+            text = TextStream(self.tokenizer, options.stop)
+            for token in row:
+                text.push(token)
+                if text.stopped:
+                    break
+            texts.append(text.text)
+        return texts

@@ -8,7 +8,8 @@ from picolm.analysis.curves import save_figure
 from picolm.errors import PicolmError
 from picolm.train.tracking import read_metrics
 
-SHOWN = ("val/loss", "val/perplexity", "val/accuracy", "val/rewards/accuracies", "val/rewards/margins")
+SHOWN = ("val/loss", "val/perplexity", "val/perplexity_bound", "val/accuracy", "val/masked_accuracy",
+         "val/rewards/accuracies", "val/rewards/margins")
 
 
 def final_metrics(rows: list[dict]) -> dict:
@@ -35,6 +36,9 @@ def markdown_table(summaries: dict[str, dict]) -> str:
     columns = [c for c in ("steps", "train/loss", *SHOWN, "best val/loss") if any(c in s for s in summaries.values())]
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(_cell(s.get(c)) for c in columns) + " |" for name, s in summaries.items()]
+    if "val/perplexity_bound" in columns:
+        lines.append("\nperplexity_bound: exp(NELBO per token) of a masked-diffusion run, an upper bound on its "
+                     "perplexity; its loss is that NELBO.")
     return "\n".join(lines)
 
 

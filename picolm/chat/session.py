@@ -42,6 +42,7 @@ class ChatSession:
                  chats_dir: str | Path = "chats", warn=None):
         if template not in TEMPLATES:
             raise PicolmError(f"must be one of {', '.join(TEMPLATES)}", field="--template")
+        options.check_model(loaded.model)
         self.loaded, self.options = loaded, options
         self.template = template if template != "auto" else ("instruction" if fine_tuned(loaded.checkpoint)
                                                               else "none")

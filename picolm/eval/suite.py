@@ -9,6 +9,10 @@ preference            preference accuracy and reward margin on pairs (--pairs, e
 generation            Self-BLEU and distinct-1/2 over --samples sampled continuations of held-out prompts
 format                instruction-format compliance of greedy responses to instruction data (--instructions)
 speed                 greedy decoding tokens/s at batch 1 and 8
+
+A masked-diffusion model has no exact perplexity: perplexity/accuracy report its NELBO per token as `loss`,
+`perplexity_bound` = exp(loss), an upper bound on its perplexity, and the accuracy of its predictions of
+masked tokens. The metrics built on left-to-right decoding or sequence log-probabilities are refused for it.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ from picolm.eval.lm import WARMUP_NUMBERS, evaluate_tokens, load_split
 from picolm.eval.quality import distinct_n, self_bleu
 from picolm.eval.samples import document_openings
 from picolm.generate import SamplingOptions, TextGenerator, generate_ids
+from picolm.models.diffusion import evaluate_nelbo, is_diffusion
 from picolm.train.objectives import MaskedResponse, Preference, evaluate_objective, precompute_reference
 
 METRICS = ("perplexity", "accuracy", "kinds", "length", "preference", "generation", "format", "speed")
 TEMPLATE_HEADERS = ("### Instruction:", "### Input:", "### Response:")
 BATCH = 16
+AUTOREGRESSIVE_ONLY = ("kinds", "length", "preference", "speed")
+BOUND_NOTE = "perplexity_bound is exp(NELBO per token): an upper bound on the perplexity, not the perplexity"
 
 
 @dataclass
@@ -65,6 +72,7 @@ class RunEvaluation:
         request.validate()
         self.loaded, self.request, self.device = loaded, request, device
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        request.sampling.check_model(self.model)
         self.train_config = loaded.checkpoint.get("train_config", {})
         self.data_dir = request.data or self.train_config.get("data", {}).get("path")
 
@@ -76,6 +84,10 @@ class RunEvaluation:
     def run(self) -> dict:
         result = {"checkpoint": str(self.loaded.path), "split": self.request.split}
         wanted = set(self.request.metrics)
+        refused = [m for m in AUTOREGRESSIVE_ONLY if m in wanted and is_diffusion(self.model)]
+        if refused:
+            raise PicolmError(f"{refused[0]!r} needs an autoregressive model; this is a masked-diffusion model",
+                              field="--metrics")
         if wanted & {"perplexity", "accuracy", "kinds"}:
             result.update(self.language_modelling("kinds" in wanted))
         for name, method in (("length", self.longer_sequences), ("preference", self.preference),
@@ -91,11 +103,18 @@ class RunEvaluation:
         block = self.model.config.block_size
         if need_kinds and not meta.get("kinds"):
             raise PicolmError("`kinds` needs data with sequence kinds (numeric)", path=self.data_dir)
+        if is_diffusion(self.model) and task != "text":
+            raise PicolmError(f"a masked-diffusion model is evaluated on text data, not {task}", path=self.data_dir)
         if task == "text":
             from picolm.data.loader import check_split
 
             tokens, kinds = load_split(self.data_dir, self.request.split)
             check_split(tokens, Path(self.data_dir) / f"{self.request.split}.bin", self.model.config.vocab_size, block)
+            if is_diffusion(self.model):
+                eps = self.train_config.get("objective", {}).get("eps", 1e-3)
+                metrics = evaluate_nelbo(self.model, tokens, block, self.request.batch_size, self.request.max_windows,
+                                         self.device, eps=eps)
+                return {**metrics, "bound": BOUND_NOTE}
             return evaluate_tokens(self.model, tokens, block, batch_size=self.request.batch_size,
                                    max_windows=self.request.max_windows, kinds=kinds, kind_names=meta.get("kinds"),
                                    eos_id=self.tokenizer.eos_id, device=self.device)
@@ -180,7 +199,10 @@ class RunEvaluation:
         outputs = generate_ids(self.model, prompts, options, self.tokenizer.eos_id, self.tokenizer.vocab_size,
                                self.device)
         texts = [self.tokenizer.decode(ids) for ids in outputs]
-        ended = [len(ids) < options.max_new_tokens for ids in outputs]
+        canvas = options.max_new_tokens  # a diffusion model's output fills at most the rest of its context
+        if is_diffusion(self.model):
+            canvas = min(canvas, self.model.config.block_size - max(len(p) for p in prompts))
+        ended = [len(ids) < canvas for ids in outputs]
         nonempty = [bool(text.strip()) for text in texts]
         clean = [not any(h in text for h in TEMPLATE_HEADERS) for text in texts]
         n = len(texts)

@@ -164,8 +164,15 @@ class GPT(nn.Module):
         the fused head + cross-entropy (the logits are never materialised). With `predict_at` (flat indices into
         B * T), the log-probability of each target (N,) at those positions: packed preference rows need that."""
         hidden = self.hidden_states(idx, positions=positions, attn_mask=attn_mask)
+        weight = self.output_weight()
         if targets is None:
-            return self.lm_head(hidden)
+            return F.linear(hidden, weight)
         if predict_at is not None:
-            return linear_log_probs(hidden.flatten(0, 1)[predict_at], self.lm_head.weight, targets)
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets)
+            return linear_log_probs(hidden.flatten(0, 1)[predict_at], weight, targets)
+        return linear_cross_entropy(hidden, weight, targets)
+
+    def output_weight(self) -> torch.Tensor:
+        """The head's rows: all of them, except a diffusion model's mask token (the last), which is never a
+        prediction, so its logits stop at mask_id."""
+        weight = self.lm_head.weight
+        return weight[:self.config.mask_id] if self.config.mask_id >= 0 else weight

@@ -13,6 +13,7 @@ import torch
 
 from picolm.config import ObjectiveConfig
 from picolm.data.examples import in_order
+from picolm.models.diffusion import antithetic_times, mask_positions, weighted_nll
 from picolm.train.preference import preference_loss
 
 Metrics = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -99,12 +100,35 @@ class Preference:
         return losses.mean(), metrics
 
 
+class MaskedDiffusion:
+    """MDLM: the continuous-time NELBO per token of the batch's windows under the log-linear schedule; t is drawn
+    antithetically across the batch and each token is masked with probability t."""
+
+    needs_causal = False
+    needs_bidirectional = True
+    task = "text"
+    reports_perplexity = False  # exp(loss) is an upper bound, reported by `evaluate_nelbo` as perplexity_bound
+
+    def __init__(self, config: ObjectiveConfig):
+        self.eps = config.eps
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+        x0 = batch["input_ids"]
+        t = antithetic_times(len(x0), self.eps, device=x0.device)
+        masked = mask_positions(x0, t)
+        count = torch.tensor(x0.numel(), device=x0.device)
+        loss = weighted_nll(model, x0, t, masked) / count
+        return loss, {"loss": (loss.detach() * count, count)}
+
+
 PREFERENCE_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
                       "logps/chosen", "logps/rejected")
 
 
 def build_objective(kind: str, config: ObjectiveConfig):
-    return {"next_token": NextToken, "sft": MaskedResponse}[kind]() if kind != "dpo" else Preference(config)
+    if kind in ("dpo", "mdlm"):
+        return {"dpo": Preference, "mdlm": MaskedDiffusion}[kind](config)
+    return {"next_token": NextToken, "sft": MaskedResponse}[kind]()
 
 
 @torch.no_grad()

@@ -19,12 +19,13 @@ from picolm.data.records import BadRows
 from picolm.data.pack import load_meta
 from picolm.errors import PicolmError, TrainingStopped
 from picolm.eval.lm import evaluate_tokens, evaluation_metric_names, load_split
+from picolm.models.diffusion import evaluate_nelbo, is_diffusion
 from picolm.models.loading import (LoadedModel, build_model, describe_mismatch, load_model,
                                    model_config_from_checkpoint)
 from picolm.tokenizer import load_tokenizer
 from picolm.train.checkpoint import load_checkpoint, save_checkpoint
-from picolm.train.objectives import (PREFERENCE_METRICS, Preference, build_objective, evaluate_objective,
-                                     precompute_reference, sequence_log_probs)
+from picolm.train.objectives import (PREFERENCE_METRICS, MaskedDiffusion, Preference, build_objective,
+                                     evaluate_objective, precompute_reference, sequence_log_probs)
 from picolm.train.optim import build_optimizers, load_optimizer_state, lr_factor, set_lr, warmup_steps
 from picolm.train.tracking import Tracker, summarize
 
@@ -64,7 +65,7 @@ def metric_improved(value: float, best: float | None, metric: str) -> bool:
     """Lower is better for losses and perplexities, higher for accuracies."""
     if best is None:
         return True
-    return value < best if metric.endswith(("loss", "perplexity")) else value > best
+    return value < best if metric.endswith(("loss", "perplexity", "perplexity_bound")) else value > best
 
 
 @dataclass
@@ -134,8 +135,8 @@ class Trainer:
         natural = {"text": "next_token", "sft": "sft", "dpo": "dpo"}[self.task]
         if kind == "auto":
             return natural
-        if kind != natural:
-            raise PicolmError(f"{kind} training needs {'text' if kind == 'next_token' else kind} data, but "
+        if kind != natural and not (kind == "mdlm" and self.task == "text"):
+            raise PicolmError(f"{kind} training needs {'text' if kind in ('next_token', 'mdlm') else kind} data, but "
                               f"{self.data_dir} holds {self.task} data", field="objective.kind")
         return kind
 
@@ -159,6 +160,10 @@ class Trainer:
                 self.config.model = model_config_from_checkpoint(load_checkpoint(last, mmap=True), last)
             return None
         loaded = load_model(t.init_from)
+        if is_diffusion(loaded.model) != self.diffusion:
+            why = ("masked diffusion starts from scratch or from a masked-diffusion run, not a left-to-right model"
+                   if self.diffusion else "a masked-diffusion model trains on only with objective.kind mdlm")
+            raise PicolmError(why, field="train.init_from")
         self.config.model = loaded.model.config
         self.log(f"starting from {loaded.path} (step {loaded.checkpoint.get('global_step', 0)})")
         return loaded
@@ -174,12 +179,21 @@ class Trainer:
                           "prepare the data with --tokenizer", path=self.data_dir)
 
     def _check_vocabulary(self) -> None:
+        """Masked diffusion adds a mask token after the tokenizer's ids: the last id of the model's vocabulary."""
         model, vocab = self.config.model, self.tokenizer.vocab_size
+        extra = int(self.diffusion)
         if model.vocab_size == 0:
-            model.vocab_size = vocab
-        elif model.vocab_size < vocab:
-            raise PicolmError(f"{model.vocab_size} is smaller than the tokenizer's {vocab}: token ids would fall "
-                              "outside the embedding table", field="model.vocab_size")
+            model.vocab_size = vocab + extra
+        elif model.vocab_size < vocab + extra:
+            raise PicolmError(f"{model.vocab_size} is smaller than the tokenizer's {vocab}"
+                              f"{' plus the mask token' if extra else ''}: token ids would fall outside the "
+                              "embedding table", field="model.vocab_size")
+        if self.diffusion:
+            model.mask_id = model.vocab_size - 1
+
+    @property
+    def diffusion(self) -> bool:
+        return isinstance(self.objective, MaskedDiffusion)
 
     def _load_data(self) -> None:
         c = self.config
@@ -219,6 +233,8 @@ class Trainer:
                          f"{time.perf_counter() - started:.1f} s")
 
     def evaluation_names(self) -> list[str]:
+        if self.diffusion:
+            return ["loss", "perplexity_bound", "masked_accuracy"]
         if self.task == "text":
             return evaluation_metric_names(self.meta.get("kinds"))
         return list(PREFERENCE_METRICS) if self.task == "dpo" else ["loss", "perplexity", "accuracy"]
@@ -227,6 +243,11 @@ class Trainer:
         if getattr(self.objective, "needs_causal", False) and not self.config.model.causal:
             raise PicolmError("next-token training needs a causal model: with causal false it would see its "
                               "targets", field="model.causal")
+        if getattr(self.objective, "needs_bidirectional", False) and self.config.model.causal:
+            raise PicolmError("masked diffusion needs a bidirectional model (model.causal false)", field="model.causal")
+        if self.diffusion and self.config.model.position == "learned":
+            self.log("note: with learned positions a bidirectional model is slow to use its neighbours (on numeric "
+                     "data it stayed at the unigram level for 1,500 steps); model.position rope learns from the start")
         known = ["val/" + name for name in self.evaluation_names()]
         if self.config.train.early_stop_metric not in known:
             raise PicolmError(f"not an evaluation metric; choose from {', '.join(known)}",
@@ -364,7 +385,12 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         t = self.config.train
         micro = t.micro_batch_size or t.batch_size
-        if self.task == "text":
+        if self.diffusion:
+            result = evaluate_nelbo(self.model, self.val_tokens, self.config.model.block_size, batch_size=micro,
+                                    max_windows=t.eval_batches * micro, device=self.device, autocast=self.autocast,
+                                    eps=self.config.objective.eps)
+            result.pop("tokens")
+        elif self.task == "text":
             result = evaluate_tokens(self.model, self.val_tokens, self.config.model.block_size, batch_size=micro,
                                      max_windows=t.eval_batches * micro, kinds=self.val_kinds,
                                      kind_names=self.meta.get("kinds"), eos_id=self.tokenizer.eos_id,
@@ -485,6 +511,7 @@ class Trainer:
 
     def _report(self, progress, val_metrics: dict) -> None:
         shown = ", ".join(f"{name[4:]} {val_metrics[name]:.4f}" for name in ("val/loss", "val/accuracy",
+                                                                             "val/masked_accuracy",
                                                                              "val/rewards/accuracies")
                           if name in val_metrics)
         line = f"step {self.global_step}: {shown}"
