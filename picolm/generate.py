@@ -18,6 +18,7 @@ import torch
 
 from picolm.errors import PicolmError
 from picolm.models.diffusion import REMASKING, is_diffusion, sample
+from picolm.models.sdd import is_sdd, sdd_generate_ids
 
 
 @dataclass
@@ -121,6 +122,9 @@ def decode_steps(model, prompts: list[list[int]], options: SamplingOptions, eos_
     options.validate()
     if is_diffusion(model):
         raise PicolmError("a masked-diffusion model does not decode left to right; use generate_ids", field="model")
+    if is_sdd(model):
+        raise PicolmError("an sdd model has no KV cache and does not decode left to right; use generate_ids",
+                          field="model")
     for name, default in (("steps", None), ("remasking", "none"), ("block_length", None)):
         if getattr(options, name) != default:
             raise PicolmError("applies to masked-diffusion models only", field="--" + name.replace("_", "-"))
@@ -178,7 +182,7 @@ def decode_steps(model, prompts: list[list[int]], options: SamplingOptions, eos_
 def generate_ids(model, prompts: list[list[int]], options: SamplingOptions, eos_id: int | None = None,
                  vocab_size: int | None = None, device="cpu") -> list[list[int]]:
     """The new token ids of every prompt, without the EOS that ended it."""
-    if is_diffusion(model):
+    if is_diffusion(model) or is_sdd(model):
         return denoise_ids(model, prompts, options, eos_id, vocab_size, device)
     steps = list(decode_steps(model, prompts, options, eos_id, vocab_size, device, pad_id=eos_id or 0))
     if not steps:
@@ -198,6 +202,8 @@ def denoise_ids(model, prompts: list[list[int]], options: SamplingOptions, eos_i
     room = model.config.block_size - max(len(p) for p in prompts)
     if any(not p for p in prompts) or room < 1:
         raise PicolmError(f"every prompt needs 1 to {model.config.block_size - 1} tokens", field="prompt")
+    if is_sdd(model):  # sparse distribution diffusion: its own deterministic sampler
+        return sdd_generate_ids(model, prompts, options, eos_id, vocab_size, device)
     rows = sample(model, prompts, min(options.max_new_tokens, room), options.steps, options.temperature,
                   options.remasking, options.block_length, vocab_size,
                   lambda logits: filter_logits(logits, options.top_k, options.top_p), options.seed,
@@ -258,7 +264,7 @@ class TextGenerator:
 
     def stream(self, prompt: str | list[int], options: SamplingOptions) -> Iterator[str]:
         """The continuation of one prompt, piece by piece as it is generated (a diffusion model's in one piece)."""
-        if is_diffusion(self.model):
+        if is_diffusion(self.model) or is_sdd(self.model):
             yield from filter(None, self._denoise_batch([prompt], options))
             return
         text = TextStream(self.tokenizer, options.stop)
@@ -285,7 +291,7 @@ class TextGenerator:
                 for text in self._complete_batch(prompts[i:i + batch_size], options)]
 
     def _complete_batch(self, prompts: list[str] | list[list[int]], options: SamplingOptions) -> list[str]:
-        if is_diffusion(self.model):
+        if is_diffusion(self.model) or is_sdd(self.model):
             return self._denoise_batch(prompts, options)
         texts = [TextStream(self.tokenizer, options.stop) for _ in prompts]
         finished = [False] * len(prompts)
