@@ -410,7 +410,7 @@ def prepare_vocabulary(model_config: ModelConfig, objective_config, tokenizer) -
     model_config.ignore_id = model_config.vocab_size - 1
     k = sdd_final_k(objective_config)
     if k > model_config.vocab_size:
+        field = "objective.sdd_k_curriculum" if objective_config.sdd_k_curriculum else "objective.sdd_k"
         raise PicolmError(f"k = {k} candidates per position is more than the vocabulary of "
-                          f"{model_config.vocab_size}",
-                          field="objective.sdd_k_curriculum" if objective_config.sdd_k_curriculum else "objective.sdd_k")
+                          f"{model_config.vocab_size}", field=field)
     model_config.sdd_k = k
