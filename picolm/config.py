@@ -14,7 +14,8 @@ ATTENTION_KINDS = ("softmax", "linear")
 FEATURE_MAP_KINDS = ("elu", "relu")  # linear attention kernels phi(x)
 POSITION_KINDS = ("learned", "rope", "none")
 MLP_KINDS = ("gelu", "swiglu")
-ARCHITECTURES = ("gpt", "hf")  # hf: a Hugging Face causal LM started from with train.hf_model
+ARCHITECTURES = ("gpt", "hf", "sdd")  # hf: a Hugging Face causal LM started from with train.hf_model; sdd: sparse
+# distribution diffusion (picolm/models/sdd.py)
 
 
 @dataclass
@@ -37,6 +38,8 @@ class ModelConfig:
     chunk_size: int = 64  # linear attention: tokens per chunk of the causal parallel form
     differential: bool = False  # feed the blocks e_t - e_{t-1}; add e_t back before the final norm
     mask_id: int = -1  # masked diffusion: the mask token's id (set by mdlm training; the head never predicts it)
+    ignore_id: int = -1  # sdd: the IGNORE (padding) token's id, the last of the vocabulary (set by sdd training)
+    sdd_k: int = 0  # sdd: candidates per position the sampler uses, the largest k trained (set by sdd training)
 
     def validate(self) -> None:
         checks = [
@@ -52,6 +55,11 @@ class ModelConfig:
             (0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)"),
             (self.mask_id < 0 or (self.vocab_size <= 0 or self.mask_id == self.vocab_size - 1), "mask_id",
              "must be the last id of the vocabulary"),
+            (self.ignore_id < 0 or (self.vocab_size <= 0 or self.ignore_id == self.vocab_size - 1), "ignore_id",
+             "must be the last id of the vocabulary"),
+            (self.sdd_k >= 0, "sdd_k", "must be positive (0: set by sdd training)"),
+            (self.vocab_size <= 0 or self.sdd_k <= self.vocab_size, "sdd_k",
+             f"{self.sdd_k} candidates per position is more than the vocabulary of {self.vocab_size}"),
         ]
         if self.attention != "linear":
             defaults = ModelConfig()
@@ -85,7 +93,7 @@ class DataConfig:
     skip_bad_rows: bool = False  # SFT/DPO rows that cannot be used: report and skip them instead of stopping
 
 
-OBJECTIVE_KINDS = ("auto", "next_token", "sft", "dpo", "mdlm")
+OBJECTIVE_KINDS = ("auto", "next_token", "sft", "dpo", "mdlm", "sdd")
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge")
 
 
@@ -99,6 +107,8 @@ class ObjectiveConfig:
     reference: str = "precomputed"  # precomputed (once, before training; the reference model is dropped) | live
     monitor: str = ""  # SFT: a DPO data directory whose chosen/rejected mean log-probabilities are logged
     eps: float = 1e-3  # mdlm: the smallest noise level t (t ~ U(eps, 1))
+    sdd_k: int = 4  # sdd: weighted candidate tokens per position (fixed k)
+    sdd_k_curriculum: list[int] = field(default_factory=list)  # sdd: k per equal share of the steps, e.g. 1,2,4,8
 
     def validate(self) -> None:
         checks = [
@@ -108,6 +118,10 @@ class ObjectiveConfig:
             (0.0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)"),
             (self.reference in ("precomputed", "live"), "reference", "must be precomputed or live"),
             (0.0 < self.eps < 1.0, "eps", "must be in (0, 1)"),
+            (self.sdd_k >= 1, "sdd_k", "must be at least 1"),
+            (all(k >= 1 for k in self.sdd_k_curriculum), "sdd_k_curriculum", "every k must be at least 1"),
+            (all(a < b for a, b in zip(self.sdd_k_curriculum, self.sdd_k_curriculum[1:])), "sdd_k_curriculum",
+             f"must increase (got {self.sdd_k_curriculum})"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -215,9 +229,47 @@ class Config:
         for ok, name, why in checks:
             if not ok:
                 raise PicolmError(why, field=name)
+        self._check_sdd()
+
+    def _check_sdd(self) -> None:
+        """Sparse distribution diffusion (picolm/models/sdd.py): what it needs and what it cannot do."""
+        m, o = self.model, self.objective
+        sdd = m.arch == "sdd"
+        final_k = sdd_final_k(o)
+        checks = [
+            (not (sdd and o.kind not in ("auto", "sdd")), "objective.kind",
+             f"an sdd model trains with the sdd objective, not {o.kind} (leave objective.kind auto or set sdd)"),
+            (not (o.kind == "sdd" and not sdd), "model.arch", "the sdd objective needs model.arch sdd"),
+            (not (sdd and m.causal), "model.causal",
+             "sparse distribution diffusion denoises every position from both sides: set model.causal false "
+             "(an sdd model has no causal form, no KV cache and no left-to-right decoding)"),
+            (not (sdd and m.attention == "linear"), "model.attention",
+             "linear attention is built in its causal form; sdd needs softmax attention"),
+            (not (sdd and m.differential), "model.differential", "differential inputs do not apply to sdd"),
+            (not (sdd and self.train.hf_model), "train.hf_model",
+             "a Hugging Face causal LM cannot be an sdd model"),
+            (sdd or (m.ignore_id < 0 and m.sdd_k == 0), "model.ignore_id" if m.ignore_id >= 0 else "model.sdd_k",
+             "belongs to sdd models (model.arch sdd); sdd training sets it"),
+            (not sdd or m.sdd_k in (0, final_k), "model.sdd_k",
+             f"is set by training from the objective's k ({final_k}); set objective.sdd_k or "
+             "objective.sdd_k_curriculum instead"),
+            (not o.sdd_k_curriculum or sdd, "objective.sdd_k_curriculum", "applies to sdd models (model.arch sdd)"),
+            (sdd or o.sdd_k == ObjectiveConfig.sdd_k, "objective.sdd_k", "applies to sdd models (model.arch sdd)"),
+            (not (sdd and m.vocab_size > 0 and final_k > m.vocab_size),
+             "objective.sdd_k_curriculum" if o.sdd_k_curriculum else "objective.sdd_k",
+             f"k = {final_k} candidates per position is more than the vocabulary of {m.vocab_size}"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise PicolmError(why, field=name)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def sdd_final_k(objective: ObjectiveConfig) -> int:
+    """The largest k an sdd run trains with (the curriculum's last, else objective.sdd_k): the sampler's k."""
+    return objective.sdd_k_curriculum[-1] if objective.sdd_k_curriculum else objective.sdd_k
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "objective": ObjectiveConfig,
@@ -249,6 +301,11 @@ def _coerce(value, annotation: str, key: str, where: dict):
             return float(value)
         if base == "str":
             return str(value)
+        if base == "list[int]":
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list) or any(isinstance(v, bool) or isinstance(v, float) for v in items):
+                raise ValueError
+            return [int(v) for v in items if str(v).strip()]
         if base.startswith("list"):
             if isinstance(value, str):
                 return [v for v in value.split(",") if v]

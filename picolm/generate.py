@@ -18,6 +18,7 @@ import torch
 
 from picolm.errors import PicolmError
 from picolm.models.diffusion import REMASKING, is_diffusion, sample
+from picolm.models.sdd import is_sdd, sdd_generate_ids
 
 
 @dataclass
@@ -51,10 +52,14 @@ class SamplingOptions:
 
     def check_model(self, model) -> None:
         """Refuse the options that the model's way of decoding has no use for, before any decoding."""
-        if is_diffusion(model):
+        if is_diffusion(model) or is_sdd(model):
             if self.repetition_penalty != 1.0:
                 raise PicolmError("a diffusion model writes all its tokens together: there is no earlier output "
                                   "to penalize", field="--repetition-penalty")
+            for name, default in (("remasking", "none"), ("block_length", None)):
+                if is_sdd(model) and getattr(self, name) != default:
+                    raise PicolmError("applies to masked-diffusion models only; an sdd model's sampler is "
+                                      "deterministic", field="--" + name.replace("_", "-"))
             return
         for name, default in (("steps", None), ("remasking", "none"), ("block_length", None)):
             if getattr(self, name) != default:
@@ -133,6 +138,9 @@ def decode_steps(model, prompts: list[list[int]], options: SamplingOptions, eos_
     options.validate()
     if is_diffusion(model):
         raise PicolmError("a masked-diffusion model does not decode left to right; use generate_ids", field="model")
+    if is_sdd(model):
+        raise PicolmError("an sdd model has no KV cache and does not decode left to right; use generate_ids",
+                          field="model")
     options.check_model(model)
     block_size = model.config.block_size
     if any(not p or len(p) > block_size for p in prompts):
@@ -188,7 +196,7 @@ def decode_steps(model, prompts: list[list[int]], options: SamplingOptions, eos_
 def generate_ids(model, prompts: list[list[int]], options: SamplingOptions, eos_id: int | None = None,
                  vocab_size: int | None = None, device="cpu") -> list[list[int]]:
     """The new token ids of every prompt, without the EOS that ended it."""
-    if is_diffusion(model):
+    if is_diffusion(model) or is_sdd(model):
         return denoise_ids(model, prompts, options, eos_id, vocab_size, device)
     steps = list(decode_steps(model, prompts, options, eos_id, vocab_size, device, pad_id=eos_id or 0))
     if not steps:
@@ -206,6 +214,8 @@ def denoise_ids(model, prompts: list[list[int]], options: SamplingOptions, eos_i
     room = model.config.block_size - max(len(p) for p in prompts)
     if any(not p for p in prompts) or room < 1:
         raise PicolmError(f"every prompt needs 1 to {model.config.block_size - 1} tokens", field="prompt")
+    if is_sdd(model):  # sparse distribution diffusion: its own deterministic sampler
+        return sdd_generate_ids(model, prompts, options, eos_id, vocab_size, device)
     rows = sample(model, prompts, min(options.max_new_tokens, room), options.steps, options.temperature,
                   options.remasking, options.block_length, vocab_size,
                   lambda logits: filter_logits(logits, options.top_k, options.top_p), options.seed,
@@ -267,7 +277,7 @@ class TextGenerator:
 
     def stream(self, prompt: str | list[int], options: SamplingOptions) -> Iterator[str]:
         """The continuation of one prompt, piece by piece as it is generated (a diffusion model's in one piece)."""
-        if is_diffusion(self.model):
+        if is_diffusion(self.model) or is_sdd(self.model):
             yield from filter(None, self._denoise_batch([prompt], options))
             return
         text = TextStream(self.tokenizer, options.stop)
@@ -294,7 +304,7 @@ class TextGenerator:
                 for text in self._complete_batch(prompts[i:i + batch_size], options)]
 
     def _complete_batch(self, prompts: list[str] | list[list[int]], options: SamplingOptions) -> list[str]:
-        if is_diffusion(self.model):
+        if is_diffusion(self.model) or is_sdd(self.model):
             return self._denoise_batch(prompts, options)
         texts = [TextStream(self.tokenizer, options.stop) for _ in prompts]
         finished = [False] * len(prompts)

@@ -8,7 +8,7 @@ from picolm.analysis.curves import save_figure
 from picolm.errors import PicolmError
 from picolm.train.tracking import read_metrics
 
-SHOWN = ("val/loss", "val/perplexity", "val/perplexity_bound", "val/accuracy", "val/masked_accuracy",
+SHOWN = ("val/loss", "val/perplexity", "val/perplexity_bound", "val/accuracy", "val/masked_accuracy", "val/ignore_acc",
          "val/rewards/accuracies", "val/rewards/margins")
 
 

@@ -36,6 +36,7 @@ from picolm.eval.quality import distinct_n, self_bleu
 from picolm.eval.samples import document_openings
 from picolm.generate import SamplingOptions, TextGenerator, generate_ids
 from picolm.models.diffusion import evaluate_nelbo, is_diffusion
+from picolm.models.sdd import NOT_A_BOUND, evaluate_sdd, is_sdd
 from picolm.train.objectives import MaskedResponse, Preference, evaluate_objective, precompute_reference
 
 METRICS = ("perplexity", "accuracy", "kinds", "length", "preference", "generation", "format", "speed")
@@ -88,6 +89,10 @@ class RunEvaluation:
         if refused:
             raise PicolmError(f"{refused[0]!r} needs an autoregressive model; this is a masked-diffusion model",
                               field="--metrics")
+        refused = [m for m in AUTOREGRESSIVE_ONLY if m in wanted and is_sdd(self.model)]
+        if refused:
+            raise PicolmError(f"{refused[0]!r} needs an autoregressive model; this is an sdd (sparse distribution "
+                              "diffusion) model", field="--metrics")
         if wanted & {"perplexity", "accuracy", "kinds"}:
             result.update(self.language_modelling("kinds" in wanted))
         for name, method in (("length", self.longer_sequences), ("preference", self.preference),
@@ -103,6 +108,8 @@ class RunEvaluation:
         block = self.model.config.block_size
         if need_kinds and not meta.get("kinds"):
             raise PicolmError("`kinds` needs data with sequence kinds (numeric)", path=self.data_dir)
+        if is_sdd(self.model):
+            return self.sdd_denoising(meta, task)
         if is_diffusion(self.model) and task != "text":
             raise PicolmError(f"a masked-diffusion model is evaluated on text data, not {task}", path=self.data_dir)
         if task == "text":
@@ -129,6 +136,20 @@ class RunEvaluation:
         loss = float(-per_token[:, 0].mean())
         return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "chosen_more_likely":
                 float((per_token[:, 0] > per_token[:, 1]).float().mean())}
+
+    def sdd_denoising(self, meta: dict, task: str) -> dict:
+        """An sdd model's denoising loss, accuracy and ignore_acc: no likelihood, so no perplexity."""
+        if task != "text":
+            raise PicolmError(f"an sdd model is evaluated on text data, not {task}",
+                              path=self.data_dir)
+        from picolm.data.loader import check_split
+
+        block = self.model.config.block_size
+        tokens, _ = load_split(self.data_dir, self.request.split)
+        check_split(tokens, Path(self.data_dir) / f"{self.request.split}.bin", self.model.config.vocab_size, block)
+        metrics = evaluate_sdd(self.model, tokens, block, self.tokenizer.eos_id, self.request.batch_size,
+                               self.request.max_windows, self.device)
+        return {**metrics, "note": NOT_A_BOUND}
 
     def longer_sequences(self) -> dict:
         meta = self._meta(self.data_dir)

@@ -10,10 +10,11 @@ from torch import nn
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
 from picolm.models.gpt import GPT
+from picolm.models.sdd import SDD
 from picolm.tokenizer import Tokenizer, tokenizer_from_dict
 from picolm.train.checkpoint import find_checkpoint, load_checkpoint
 
-ARCHITECTURES = {"gpt": GPT}
+ARCHITECTURES = {"gpt": GPT, "sdd": SDD}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

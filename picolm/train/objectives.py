@@ -126,6 +126,10 @@ PREFERENCE_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/
 
 
 def build_objective(kind: str, config: ObjectiveConfig):
+    if kind == "sdd":
+        from picolm.train.sdd_objective import SparseDistributionDiffusion
+
+        return SparseDistributionDiffusion(config)
     if kind in ("dpo", "mdlm"):
         return {"dpo": Preference, "mdlm": MaskedDiffusion}[kind](config)
     return {"next_token": NextToken, "sft": MaskedResponse}[kind]()

@@ -20,6 +20,7 @@ from picolm.data.pack import load_meta
 from picolm.errors import PicolmError, TrainingStopped
 from picolm.eval.lm import evaluate_tokens, evaluation_metric_names, load_split
 from picolm.models.diffusion import evaluate_nelbo, is_diffusion
+from picolm.models.sdd import SDD_METRICS, evaluate_sdd, prepare_vocabulary
 from picolm.models.loading import (LoadedModel, build_model, describe_mismatch, load_model,
                                    model_config_from_checkpoint)
 from picolm.tokenizer import load_tokenizer
@@ -112,6 +113,9 @@ class Trainer:
         self.objective = objective or build_objective(self._objective_kind(), config.objective)
         start = self._starting_model(resume)
         self.tokenizer = self._tokenizer(start, resume)
+        if self.sdd:  # the IGNORE token and the sampler's k (picolm/models/sdd.py)
+            prepare_vocabulary(config.model, config.objective, self.tokenizer)
+            self.objective.set_tokenizer(self.tokenizer)
         self._check_vocabulary()
         torch.manual_seed(config.train.seed)
         self.model = (start.model if start else build_model(config.model)).to(self.device).train()
@@ -133,6 +137,11 @@ class Trainer:
     def _objective_kind(self) -> str:
         kind = self.config.objective.kind
         natural = {"text": "next_token", "sft": "sft", "dpo": "dpo"}[self.task]
+        if self.config.model.arch == "sdd":
+            if self.task != "text":
+                raise PicolmError(f"sdd training needs text data, but {self.data_dir} holds {self.task} data",
+                                  field="model.arch")
+            return "sdd"
         if kind == "auto":
             return natural
         if kind != natural and not (kind == "mdlm" and self.task == "text"):
@@ -192,6 +201,10 @@ class Trainer:
             model.mask_id = model.vocab_size - 1
 
     @property
+    def sdd(self) -> bool:
+        return self.config.model.arch == "sdd"
+
+    @property
     def diffusion(self) -> bool:
         return isinstance(self.objective, MaskedDiffusion)
 
@@ -233,6 +246,8 @@ class Trainer:
                          f"{time.perf_counter() - started:.1f} s")
 
     def evaluation_names(self) -> list[str]:
+        if self.sdd:
+            return list(SDD_METRICS)
         if self.diffusion:
             return ["loss", "perplexity_bound", "masked_accuracy"]
         if self.task == "text":
@@ -385,6 +400,11 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         t = self.config.train
         micro = t.micro_batch_size or t.batch_size
+        if self.sdd:  # a denoising loss, not a likelihood bound: no perplexity
+            result = evaluate_sdd(self.model, self.val_tokens, self.config.model.block_size, self.tokenizer.eos_id,
+                                  batch_size=micro, max_windows=t.eval_batches * micro, device=self.device,
+                                  autocast=self.autocast)
+            return {f"val/{k}": v for k, v in result.items() if k != "tokens"}
         if self.diffusion:
             result = evaluate_nelbo(self.model, self.val_tokens, self.config.model.block_size, batch_size=micro,
                                     max_windows=t.eval_batches * micro, device=self.device, autocast=self.autocast,
@@ -459,6 +479,8 @@ class Trainer:
             fraction = self.global_step / total if total else self.elapsed / budget
             factor = lr_factor(self.global_step, warmup, fraction, t.schedule, t.min_lr_ratio)
             set_lr(self.optimizers, factor)
+            if hasattr(self.objective, "set_progress"):  # a curriculum (sdd's k)
+                self.objective.set_progress(fraction)
             metrics, step_tokens = self.train_step(t.batch_size // micro, micro)
             self.global_step += 1
             self.tokens_seen += step_tokens
