@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -185,13 +185,16 @@ def sample_run(experiment: Experiment, loaded, device) -> dict:
     """Text from the run's model for each prompt, and its generation speed in new tokens per second."""
     from picolm.generate import SamplingOptions, generate_ids
     from picolm.models.diffusion import is_diffusion
+    from picolm.models.sdd import is_sdd
 
     settings = experiment.samples
     options = SamplingOptions(max_new_tokens=int(settings.get("max_new_tokens", 40)),
                               temperature=float(settings.get("temperature", 0.8)), top_k=settings.get("top_k"),
-                              seed=int(settings.get("seed", 0)), steps=settings.get("steps") if is_diffusion(loaded.model) else None)
+                              seed=int(settings.get("seed", 0)), steps=settings.get("steps") if is_diffusion(loaded.model) or is_sdd(loaded.model) else None)
     tokenizer = loaded.tokenizer
     prompts = [tokenizer.encode(p) for p in settings.get("prompts", [])]
+    generate_ids(loaded.model, prompts[:1], replace(options, max_new_tokens=2), tokenizer.eos_id,
+                 tokenizer.vocab_size, device)  # warm-up: the first call pays for allocations, not the timing
     started = time.perf_counter()
     rows = generate_ids(loaded.model, prompts, options, tokenizer.eos_id, tokenizer.vocab_size, device)
     seconds = time.perf_counter() - started
@@ -259,7 +262,7 @@ def results_table(experiment: Experiment, results: dict) -> str:
     """One row per run: what it changes, its size and training, and each split's loss, perplexity and accuracy."""
     split_columns = []
     for split in experiment.splits:
-        for metric in ("loss", "perplexity", "perplexity_bound", "accuracy"):
+        for metric in ("loss", "perplexity", "perplexity_bound", "accuracy", "masked_accuracy", "ignore_acc"):
             if any(f"{split}/{metric}" in r["metrics"] for r in results.values()):
                 split_columns.append(f"{split}/{metric}")
     extra = ["length/accuracy"] if any("length/accuracy" in r["metrics"] for r in results.values()) else []
@@ -312,9 +315,9 @@ def write_report(experiment: Experiment, out: Path, data: Path, results: dict, m
              f"Metrics are those of each run's last checkpoint, so every run is compared at the same step count. "
              f"Written by `picolm compare {experiment.path}` in {minutes:.1f} minutes.",
              "## Results", results_table(experiment, results)]
-    if any("perplexity_bound" in k for r in results.values() for k in r["metrics"]):
-        parts.append("perplexity_bound (masked diffusion) is exp(NELBO per token): an upper bound on that model's "
-                     "perplexity, so it can only flatter the autoregressive runs it is compared with, never itself.")
+    notes = {f"{name}: {value}" for name, r in results.items() for key, value in r["metrics"].items()
+             if key.rsplit("/", 1)[-1] in ("bound", "note")}
+    parts += sorted(notes)
     parts.append(f"![loss curves]({curves.name})")
     kinds = kind_tables(experiment, results)
     if kinds:
