@@ -41,3 +41,25 @@ def interleaved(contenders: dict, rounds: int, repeats: int) -> dict[str, list[f
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def generation_models():
+    """The generation benchmarks' GPT (L4 H4 d256, learned positions, vocabulary 512, seed 0) and its
+    `transformers` GPT2LMHeadModel twin on the same weights, offline and quiet."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    from picolm.config import ModelConfig
+    from picolm.models.export import to_gpt2
+    from picolm.models.gpt import GPT
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=512,
+                            position="learned")).eval()
+    return model, to_gpt2(model)

@@ -12,13 +12,11 @@ per-op dispatch. It is a measurement, not a picolm code path.
 from __future__ import annotations
 
 import argparse
-import os
-import warnings
 
 import torch
 import torch.nn.functional as F
 
-from common import interleaved, median, time_per_call
+from common import generation_models, interleaved, median, time_per_call
 
 NEW_TOKENS, PROMPT_TOKENS = 200, 16
 
@@ -77,21 +75,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore")
-    from transformers.utils import logging as hf_logging
-
-    from picolm.config import ModelConfig
     from picolm.generate import SamplingOptions, generate_ids
-    from picolm.models.export import to_gpt2
-    from picolm.models.gpt import GPT
 
-    hf_logging.set_verbosity_error()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=512,
-                            position="learned")).eval()
-    peer = to_gpt2(model)
+    model, peer = generation_models()
     prompt = torch.randint(0, 512, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
     decode, products_only = minimal_decoder(model)
     options = SamplingOptions(max_new_tokens=NEW_TOKENS, temperature=0.0)

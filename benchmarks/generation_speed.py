@@ -10,12 +10,10 @@ Both decode exactly 200 tokens (no EOS), and the two greedy continuations are ch
 from __future__ import annotations
 
 import argparse
-import os
-import warnings
 
 import torch
 
-from common import interleaved, median
+from common import generation_models, interleaved, median
 
 PROMPT_TOKENS = 16
 
@@ -25,21 +23,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=200)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore")
-    from transformers.utils import logging as hf_logging
-
-    from picolm.config import ModelConfig
     from picolm.generate import SamplingOptions, generate_ids
-    from picolm.models.export import to_gpt2
-    from picolm.models.gpt import GPT
 
-    hf_logging.set_verbosity_error()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=512,
-                            position="learned")).eval()
-    peer = to_gpt2(model)
+    model, peer = generation_models()
     options = SamplingOptions(max_new_tokens=args.new_tokens, temperature=0.0)
     print(f"L4 H4 d256, vocabulary 512, {PROMPT_TOKENS}-token prompts, {args.new_tokens} new tokens, greedy; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
