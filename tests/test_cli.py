@@ -1,7 +1,6 @@
 """The command line as users and scripts see it: verbs, help, outputs, exit codes and one-line errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

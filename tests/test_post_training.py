@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from picolm.cli import main
 from picolm.config import ModelConfig, build_config
