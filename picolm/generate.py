@@ -4,8 +4,8 @@ sampled tokens (temperature, top-k, top-p, repetition penalty), EOS and stop str
 `decode_steps` is the token loop; `TextGenerator` puts a tokenizer around it for the CLI, chat, the web page
 and evaluation. A model with `new_cache` / `decode` (see `GPT`) decodes one token per step against its cache;
 any other model with `forward(idx, positions=, attn_mask=) -> logits` recomputes the context every step.
-A masked-diffusion model (`is_diffusion`) is sent to its sampler instead (`generate_ids`), which writes the
-whole continuation at once in `steps` denoising steps.
+A denoising model (`is_denoiser`: masked diffusion or SDD) is sent to its sampler instead (`generate_ids`),
+which writes the whole continuation at once in `steps` denoising steps.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from picolm.errors import PicolmError
-from picolm.models.diffusion import REMASKING, is_diffusion, sample
+from picolm.models.diffusion import REMASKING, is_denoiser, sample
 from picolm.models.sdd import is_sdd, sdd_generate_ids
 
 
@@ -52,7 +52,7 @@ class SamplingOptions:
 
     def check_model(self, model) -> None:
         """Refuse the options that the model's way of decoding has no use for, before any decoding."""
-        if is_diffusion(model) or is_sdd(model):
+        if is_denoiser(model):
             if self.repetition_penalty != 1.0:
                 raise PicolmError("a diffusion model writes all its tokens together: there is no earlier output "
                                   "to penalize", field="--repetition-penalty")
@@ -136,10 +136,8 @@ def decode_steps(model, prompts: list[list[int]], options: SamplingOptions, eos_
     Prompts must be non-empty and fit the context. When the context fills, the window slides: the cache
     restarts from the last half of it."""
     options.validate()
-    if is_diffusion(model):
-        raise PicolmError("a masked-diffusion model does not decode left to right; use generate_ids", field="model")
-    if is_sdd(model):
-        raise PicolmError("an sdd model has no KV cache and does not decode left to right; use generate_ids",
+    if is_denoiser(model):
+        raise PicolmError("a diffusion model has no KV cache and does not decode left to right; use generate_ids",
                           field="model")
     options.check_model(model)
     block_size = model.config.block_size
@@ -196,7 +194,7 @@ def decode_steps(model, prompts: list[list[int]], options: SamplingOptions, eos_
 def generate_ids(model, prompts: list[list[int]], options: SamplingOptions, eos_id: int | None = None,
                  vocab_size: int | None = None, device="cpu") -> list[list[int]]:
     """The new token ids of every prompt, without the EOS that ended it."""
-    if is_diffusion(model) or is_sdd(model):
+    if is_denoiser(model):
         return denoise_ids(model, prompts, options, eos_id, vocab_size, device)
     steps = list(decode_steps(model, prompts, options, eos_id, vocab_size, device, pad_id=eos_id or 0))
     if not steps:
@@ -277,7 +275,7 @@ class TextGenerator:
 
     def stream(self, prompt: str | list[int], options: SamplingOptions) -> Iterator[str]:
         """The continuation of one prompt, piece by piece as it is generated (a diffusion model's in one piece)."""
-        if is_diffusion(self.model) or is_sdd(self.model):
+        if is_denoiser(self.model):
             yield from filter(None, self._denoise_batch([prompt], options))
             return
         text = TextStream(self.tokenizer, options.stop)
@@ -304,7 +302,7 @@ class TextGenerator:
                 for text in self._complete_batch(prompts[i:i + batch_size], options)]
 
     def _complete_batch(self, prompts: list[str] | list[list[int]], options: SamplingOptions) -> list[str]:
-        if is_diffusion(self.model) or is_sdd(self.model):
+        if is_denoiser(self.model):
             return self._denoise_batch(prompts, options)
         texts = [TextStream(self.tokenizer, options.stop) for _ in prompts]
         finished = [False] * len(prompts)

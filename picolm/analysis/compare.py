@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from picolm.analysis.curves import save_figure
+from picolm.analysis.curves import pyplot, save_figure
 from picolm.errors import PicolmError
 from picolm.train.tracking import read_metrics
 
@@ -44,10 +44,7 @@ def markdown_table(summaries: dict[str, dict]) -> str:
 
 def plot_runs(histories: dict[str, list[dict]], path: Path, title: str = "runs compared") -> Path:
     """Validation loss (and the training loss, thin) of every run against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.6), dpi=120)
     for i, (name, rows) in enumerate(histories.items()):

@@ -5,10 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def save_figure(fig, path: str | Path) -> Path:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Save and close; figures made with a layout engine (constrained: shared colour bars) keep theirs."""
+    import matplotlib.pyplot as plt
+
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -22,10 +34,7 @@ def plot_loss(rows: list[dict], path: str | Path, title: str = "loss") -> Path |
     val = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
     if not train and not val:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     if train:
@@ -43,10 +52,7 @@ def plot_loss(rows: list[dict], path: str | Path, title: str = "loss") -> Path |
 def plot_post_training(sft_rows: list[dict], dpo_rows: list[dict], path: str | Path) -> Path:
     """Left: the SFT monitor (mean log-probability of held-out chosen vs rejected responses); right: DPO's
     implicit rewards of chosen vs rejected responses, on training batches and on validation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     for name, label in (("monitor/logps/chosen", "chosen (horror)"), ("monitor/logps/rejected", "rejected (wholesome)")):

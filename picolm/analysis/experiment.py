@@ -184,13 +184,12 @@ def evaluate_run(experiment: Experiment, loaded, device) -> dict:
 def sample_run(experiment: Experiment, loaded, device) -> dict:
     """Text from the run's model for each prompt, and its generation speed in new tokens per second."""
     from picolm.generate import SamplingOptions, generate_ids
-    from picolm.models.diffusion import is_diffusion
-    from picolm.models.sdd import is_sdd
+    from picolm.models.diffusion import is_denoiser
 
     settings = experiment.samples
     options = SamplingOptions(max_new_tokens=int(settings.get("max_new_tokens", 40)),
                               temperature=float(settings.get("temperature", 0.8)), top_k=settings.get("top_k"),
-                              seed=int(settings.get("seed", 0)), steps=settings.get("steps") if is_diffusion(loaded.model) or is_sdd(loaded.model) else None)
+                              seed=int(settings.get("seed", 0)), steps=settings.get("steps") if is_denoiser(loaded.model) else None)
     tokenizer = loaded.tokenizer
     prompts = [tokenizer.encode(p) for p in settings.get("prompts", [])]
     generate_ids(loaded.model, prompts[:1], replace(options, max_new_tokens=2), tokenizer.eos_id,

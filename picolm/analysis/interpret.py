@@ -15,31 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from picolm.analysis.curves import pyplot, save_figure
 from picolm.errors import PicolmError
 
 ANALYSES = ("pca", "attention", "neurons")
 MAX_SHOWN_TOKENS = 48  # beyond this an attention map's tick labels become unreadable
 SELECTIVE = 0.5  # a unit prefers a kind when that kind's mean is this many standard deviations above the others'
 SHORT_SPECIALS = {"<|endoftext|>": "<eos>", "<|pad|>": "<pad>", "<|mask|>": "<mask>"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    """Save with the figure's own (constrained) layout: `tight_layout` cannot place a colour bar shared by a grid."""
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def token_text(tokenizer, token_id: int) -> str:
@@ -85,7 +67,7 @@ def token_category(text: str) -> str:
 
 def embedding_pca(model, tokenizer, out_dir: str | Path, title: str = "") -> Path:
     """`embedding_pca.png`: every token embedding on the first two principal components."""
-    plt = _pyplot()
+    plt = pyplot()
     coords, ratio = pca_2d(model.wte.weight)
     specials = sorted(_specials(tokenizer))
     fig, ax = plt.subplots(figsize=(8, 6.4), dpi=120, layout="constrained")
@@ -118,7 +100,7 @@ def embedding_pca(model, tokenizer, out_dir: str | Path, title: str = "") -> Pat
                  f"({tokenizer.vocab_size} tokens, {tokenizer.kind} vocabulary)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, Path(out_dir) / "embedding_pca.png")
+    return save_figure(fig, Path(out_dir) / "embedding_pca.png")
 
 
 # ---------------------------------------------------------------- attention maps
@@ -151,7 +133,7 @@ def attention_weights(model, ids: list[int]) -> list[torch.Tensor]:
 
 def attention_maps(model, tokenizer, text: str, out_dir: str | Path, title: str = "", log=print) -> Path:
     """`attention.png`: a grid of heatmaps, one row per layer and one column per head."""
-    plt = _pyplot()
+    plt = pyplot()
     ids = encode_input(tokenizer, text, model.config.block_size, log)
     maps = attention_weights(model, ids)
     labels = [token_text(tokenizer, i) for i in ids]
@@ -176,7 +158,7 @@ def attention_maps(model, tokenizer, text: str, out_dir: str | Path, title: str 
     fig.suptitle(f"{title}: {config.attention} attention {what} ({direction}), per layer and head\n"
                  f"input: {tokenizer.decode(ids)[:90]!r}", fontsize=10)
     fig.colorbar(image, ax=axes, shrink=min(0.8, 3 / n_layer + 0.2), label="attention weight")
-    return _save(fig, Path(out_dir) / "attention.png")
+    return save_figure(fig, Path(out_dir) / "attention.png")
 
 
 # ---------------------------------------------------------------- neuron selectivity
@@ -281,7 +263,7 @@ def plot_selectivity(layers: list[KindStatistics], kind_names: list[str], path: 
                      detail: str = "") -> Path:
     """One heatmap per layer: units (sorted by preferred kind, then selectivity) x kinds, each kind's mean
     relative to the unit's overall mean in standard deviations."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(layers), figsize=(1.6 + 3.4 * len(layers), 7.5), dpi=120, squeeze=False,
                              layout="constrained")
     limit = 1e-8
@@ -306,7 +288,7 @@ def plot_selectivity(layers: list[KindStatistics], kind_names: list[str], path: 
         image = ax.imshow(z, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
     fig.suptitle(f"{title}: MLP unit activation by sequence kind\n{detail}", fontsize=10)
     fig.colorbar(image, ax=axes, shrink=0.8, label="kind mean - overall mean (standard deviations)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def neuron_selectivity(model, data_dir: str | Path, out_dir: str | Path, title: str = "", split: str = "val",

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from picolm.generate import SamplingOptions, TextGenerator
-from picolm.models.diffusion import is_diffusion
+from picolm.models.diffusion import is_denoiser
 
 
 def document_openings(tokens: np.ndarray, eos_id: int, count: int, prompt_tokens: int) -> list[list[int]]:
@@ -28,7 +28,7 @@ def write_samples(model, tokenizer, prompts: list[list[int]], path: str | Path, 
                   temperature: float = 0.8, top_k: int = 50, seed: int = 0, device="cpu") -> list[str]:
     """Write a prompt -> sample pair for each prompt; returns them. A diffusion model's samples fill the rest of
     its context at most."""
-    if is_diffusion(model) and prompts:
+    if is_denoiser(model) and prompts:
         max_new_tokens = min(max_new_tokens, model.config.block_size - max(len(p) for p in prompts))
     options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
     texts = TextGenerator(model, tokenizer, device).complete(prompts, options)

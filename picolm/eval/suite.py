@@ -35,7 +35,7 @@ from picolm.eval.lm import WARMUP_NUMBERS, evaluate_tokens, load_split
 from picolm.eval.quality import distinct_n, self_bleu
 from picolm.eval.samples import document_openings
 from picolm.generate import SamplingOptions, TextGenerator, generate_ids
-from picolm.models.diffusion import evaluate_nelbo, is_diffusion
+from picolm.models.diffusion import evaluate_nelbo, is_denoiser, is_diffusion
 from picolm.models.sdd import NOT_A_BOUND, evaluate_sdd, is_sdd
 from picolm.train.objectives import MaskedResponse, Preference, evaluate_objective, precompute_reference
 
@@ -85,14 +85,10 @@ class RunEvaluation:
     def run(self) -> dict:
         result = {"checkpoint": str(self.loaded.path), "split": self.request.split}
         wanted = set(self.request.metrics)
-        refused = [m for m in AUTOREGRESSIVE_ONLY if m in wanted and is_diffusion(self.model)]
+        refused = [m for m in AUTOREGRESSIVE_ONLY if m in wanted and is_denoiser(self.model)]
         if refused:
-            raise PicolmError(f"{refused[0]!r} needs an autoregressive model; this is a masked-diffusion model",
-                              field="--metrics")
-        refused = [m for m in AUTOREGRESSIVE_ONLY if m in wanted and is_sdd(self.model)]
-        if refused:
-            raise PicolmError(f"{refused[0]!r} needs an autoregressive model; this is an sdd (sparse distribution "
-                              "diffusion) model", field="--metrics")
+            kind = "an sdd (sparse distribution diffusion)" if is_sdd(self.model) else "a masked-diffusion"
+            raise PicolmError(f"{refused[0]!r} needs an autoregressive model; this is {kind} model", field="--metrics")
         if wanted & {"perplexity", "accuracy", "kinds"}:
             result.update(self.language_modelling("kinds" in wanted))
         for name, method in (("length", self.longer_sequences), ("preference", self.preference),
@@ -221,7 +217,7 @@ class RunEvaluation:
                                self.device)
         texts = [self.tokenizer.decode(ids) for ids in outputs]
         canvas = options.max_new_tokens  # a diffusion model's output fills at most the rest of its context
-        if is_diffusion(self.model):
+        if is_denoiser(self.model):
             canvas = min(canvas, self.model.config.block_size - max(len(p) for p in prompts))
         ended = [len(ids) < canvas for ids in outputs]
         nonempty = [bool(text.strip()) for text in texts]

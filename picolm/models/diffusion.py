@@ -23,7 +23,13 @@ REMASKING = ("none", "low_confidence")
 
 
 def is_diffusion(model) -> bool:
+    """A masked-diffusion (MDLM) model: it has a mask token."""
     return getattr(model.config, "mask_id", -1) >= 0
+
+
+def is_denoiser(model) -> bool:
+    """A model that writes its whole continuation at once by denoising (MDLM or SDD), never left to right."""
+    return is_diffusion(model) or getattr(model.config, "arch", None) == "sdd"
 
 
 def antithetic_times(batch_size: int, eps: float, generator: torch.Generator | None = None,

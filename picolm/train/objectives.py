@@ -15,6 +15,7 @@ from picolm.config import ObjectiveConfig
 from picolm.data.examples import in_order
 from picolm.models.diffusion import antithetic_times, mask_positions, weighted_nll
 from picolm.train.preference import preference_loss
+from picolm.train.sdd_objective import SparseDistributionDiffusion
 
 Metrics = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -125,14 +126,13 @@ PREFERENCE_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/
                       "logps/chosen", "logps/rejected")
 
 
-def build_objective(kind: str, config: ObjectiveConfig):
-    if kind == "sdd":
-        from picolm.train.sdd_objective import SparseDistributionDiffusion
+OBJECTIVES = {"next_token": NextToken, "sft": MaskedResponse, "dpo": Preference, "mdlm": MaskedDiffusion,
+              "sdd": SparseDistributionDiffusion}  # by objective.kind; each class names the data `task` it trains on
 
-        return SparseDistributionDiffusion(config)
-    if kind in ("dpo", "mdlm"):
-        return {"dpo": Preference, "mdlm": MaskedDiffusion}[kind](config)
-    return {"next_token": NextToken, "sft": MaskedResponse}[kind]()
+
+def build_objective(kind: str, config: ObjectiveConfig):
+    cls = OBJECTIVES[kind]
+    return cls() if cls in (NextToken, MaskedResponse) else cls(config)
 
 
 @torch.no_grad()

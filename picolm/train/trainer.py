@@ -25,7 +25,7 @@ from picolm.models.loading import (LoadedModel, build_model, describe_mismatch, 
                                    model_config_from_checkpoint)
 from picolm.tokenizer import load_tokenizer
 from picolm.train.checkpoint import load_checkpoint, save_checkpoint
-from picolm.train.objectives import (PREFERENCE_METRICS, MaskedDiffusion, Preference, build_objective,
+from picolm.train.objectives import (OBJECTIVES, PREFERENCE_METRICS, MaskedDiffusion, Preference, build_objective,
                                      evaluate_objective, precompute_reference, sequence_log_probs)
 from picolm.train.optim import build_optimizers, load_optimizer_state, lr_factor, set_lr, warmup_steps
 from picolm.train.tracking import Tracker, summarize
@@ -144,9 +144,9 @@ class Trainer:
             return "sdd"
         if kind == "auto":
             return natural
-        if kind != natural and not (kind == "mdlm" and self.task == "text"):
-            raise PicolmError(f"{kind} training needs {'text' if kind in ('next_token', 'mdlm') else kind} data, but "
-                              f"{self.data_dir} holds {self.task} data", field="objective.kind")
+        if OBJECTIVES[kind].task != self.task:
+            raise PicolmError(f"{kind} training needs {OBJECTIVES[kind].task} data, but {self.data_dir} holds "
+                              f"{self.task} data", field="objective.kind")
         return kind
 
     def _starting_model(self, resume: bool):
