@@ -161,7 +161,7 @@ def test_left_padding_leaves_the_real_tokens_logits_unchanged(causal):
 
 
 # -- generate -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ["softmax-learned", "rope-swiglu", "linear", "linear-rope", "differential"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_greedy_generate_matches_picolms_decoder(variant):
     network = network_with(**VARIANTS[variant])
     model = PicolmForCausalLM.from_model(network)
