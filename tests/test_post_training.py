@@ -234,3 +234,20 @@ def test_eval_checks_instruction_format_and_response_perplexity(pipeline, tmp_pa
     assert result["perplexity"] == pytest.approx(np.exp(result["loss"])) and 0 <= result["accuracy"] <= 1
     parts = [result[f"format/{name}"] for name in ("ended_with_eos", "non_empty", "no_template_leak")]
     assert all(0.0 <= p <= 1.0 for p in parts) and result["format/compliance"] <= min(parts)
+
+
+def test_accumulated_sft_gradients_equal_the_whole_batch_gradient(pipeline, tmp_path):
+    """Micro-batches hold different numbers of response tokens: each weighs by its tokens, not as a mean of means."""
+    gradients, counts = [], []
+    for micro in (8, 2):
+        trainer = post_trainer(pipeline, tmp_path / str(micro), "sft-data", pipeline / "base",
+                               **{"train.max_steps": 1, "train.micro_batch_size": micro})
+        batches = [trainer.train_data.next_batch(micro) for _ in range(8 // micro)]
+        counts.append([int((b["targets"] != -100).sum()) for b in batches])
+        trainer.train_data.load_state_dict({"epoch": 0, "cursor": 0})
+        step, _ = trainer.accumulate_gradients()
+        assert step["loss"][1] == sum(counts[-1])
+        gradients.append([p.grad.clone() for p in trainer.model.parameters()])
+    assert len(set(counts[1])) > 1  # the test means something only when the micro-batches differ
+    for whole, accumulated in zip(*gradients):
+        torch.testing.assert_close(accumulated, whole, atol=1e-6, rtol=1e-5)

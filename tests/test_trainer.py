@@ -322,3 +322,32 @@ def test_no_samples_means_none(numeric_data, tmp_path):
     tokens = read_tokens(numeric_data / "val.bin")
     assert document_openings(tokens, 0, 0, 4) == []
     assert len(document_openings(tokens, 0, 3, 4)) == 3
+
+
+def test_checkpoint_weights_are_also_safetensors(numeric_data, tmp_path):
+    from safetensors import safe_open
+
+    from picolm.train.checkpoint import load_weights
+
+    trainer = make_trainer(numeric_data, tmp_path / "run", **{"train.max_steps": 5})
+    trainer.fit()
+    for name in ("best", "last"):
+        state = load_checkpoint(tmp_path / "run" / "checkpoints" / f"{name}.pt")
+        weights, metadata = load_weights(tmp_path / "run" / "checkpoints" / f"{name}.safetensors")
+        assert weights.keys() == state["model_state_dict"].keys()
+        for key, tensor in state["model_state_dict"].items():
+            assert torch.equal(weights[key], tensor)
+        assert metadata["model_config"] == state["model_config"] and metadata["global_step"] == "5"
+    with safe_open(str(tmp_path / "run" / "checkpoints" / "last.safetensors"), framework="pt") as f:
+        assert "lm_head.weight" not in f.keys()  # tied to the embedding: stored once
+        assert json.loads(f.metadata()["aliases"]) == {"lm_head.weight": "wte.weight"}
+
+
+def test_a_corrupt_safetensors_file_is_named(tmp_path):
+    from picolm.train.checkpoint import load_weights
+
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(PicolmError, match="not a readable safetensors file") as error:
+        load_weights(bad)
+    assert error.value.path == bad
