@@ -116,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log", default=None, help="extra trackers: tensorboard, wandb or both (comma-separated)")
     p.add_argument("--wandb-project", default=None, help="W&B project (default picolm)")
     p.add_argument("--wandb-run-name", default=None, help="W&B run name (default: the run directory's name)")
+    p.add_argument("--dry-run", action="store_true", help="print parameters, memory per process and tokens per step, "
+                                                         "then stop before anything is allocated")
 
     p = verbs.add_parser("eval", formatter_class=Formatter, help="evaluate a run or checkpoint",
                          description="Any checkpoint, its architecture read from it. Metrics (--metrics, comma-"
@@ -309,6 +311,13 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
     from picolm.train.trainer import Trainer
 
     config, run_dir = _train_config(args, overrides)
+    if args.dry_run:
+        from picolm.train.distributed import Distributed
+        from picolm.train.plan import describe, estimate, resolve_model
+
+        resolve_model(config)
+        print(describe(estimate(config, Distributed().world_size), config))
+        return 0
     trainer = Trainer(config, run_dir, resume=bool(args.resume))
     try:
         n_params = trainer.model.num_params()
