@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="SFT/DPO rows that cannot be used are reported and skipped instead of stopping the run")
     p.add_argument("--log", default=None, help="extra trackers: tensorboard, wandb or both (comma-separated)")
     p.add_argument("--wandb-project", default=None, help="W&B project (default picolm)")
-    p.add_argument("--wandb-run-name", default=None, help="W&B run name (default: the run directory's name)")
+    p.add_argument("--wandb-run-name", default=None, help="W&B run name (default {architecture}-{dataset}-{size}-v{n}, "
+                                                              "e.g. gpt_rope-stories-tiny-v2)")
     p.add_argument("--dry-run", action="store_true", help="print parameters, memory per process and tokens per step, "
                                                          "then stop before anything is allocated")
 

@@ -196,7 +196,7 @@ class TrainConfig:
 class LogConfig:
     backends: list[str] = field(default_factory=list)  # tensorboard, wandb (JSONL and CSV always)
     project: str = "picolm"  # W&B project
-    run_name: str | None = None  # W&B run name; defaults to the run directory's name
+    run_name: str | None = None  # tracker run name; default {architecture}-{dataset}-{size}-v{n}
     progress: bool = True  # console progress bar
 
 

@@ -236,7 +236,8 @@ def test_wandb_runs_offline_without_credentials(numeric_data, tmp_path, monkeypa
     make_trainer(numeric_data, tmp_path / "run", **{"train.max_steps": 3, "log.backends": "wandb",
                                                      "log.project": "proj"}).fit()
     assert calls["init"]["mode"] == "offline"
-    assert calls["init"]["project"] == "proj" and calls["init"]["name"] == "run"
+    size = f"{12 * 2 * 32 ** 2 / 1e6:.2g}M"
+    assert calls["init"]["project"] == "proj" and calls["init"]["name"] == f"gpt-numeric-{size}-v1"
     assert calls["steps"][:3] == [1, 2, 3] and calls["finished"]
 
 
@@ -351,3 +352,17 @@ def test_a_corrupt_safetensors_file_is_named(tmp_path):
     with pytest.raises(PicolmError, match="not a readable safetensors file") as error:
         load_weights(bad)
     assert error.value.path == bad
+
+
+def test_runs_are_named_architecture_dataset_size_version(numeric_data, tmp_path):
+    from picolm.config import load_config
+
+    make_trainer(numeric_data, tmp_path / "a", **{"train.max_steps": 1})
+    make_trainer(numeric_data, tmp_path / "b", **{"train.max_steps": 1})
+    make_trainer(numeric_data, tmp_path / "c", **{"train.max_steps": 1, "model.position": "rope",
+                                                   "model.attention": "linear"})
+    named = make_trainer(numeric_data, tmp_path / "d", **{"train.max_steps": 1, "log.run_name": "mine"})
+    names = [load_config(tmp_path / run / "config.yaml").log.run_name for run in "abcd"]
+    size = f"{12 * 2 * 32 ** 2 / 1e6:.2g}M"  # TINY is no preset: its size is its parameter count
+    assert names == [f"gpt-numeric-{size}-v1", f"gpt-numeric-{size}-v2", f"gpt_rope_linear-numeric-{size}-v1", "mine"]
+    assert named.config.log.run_name == "mine"

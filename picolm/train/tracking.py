@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
 import torch
+import yaml
 
 from picolm.config import Config
 from picolm.errors import PicolmError
@@ -35,6 +37,45 @@ def wandb_mode() -> str:
     netrc = Path.home() / ".netrc"
     has_netrc = netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
     return "online" if os.environ.get("WANDB_API_KEY") or has_netrc else "offline"
+
+
+def architecture_name(config: Config) -> str:
+    """The model family and what sets it apart from a plain GPT: gpt, gpt_rope_linear, mdlm_rope, sdd, hf_llama."""
+    m = config.model
+    if m.arch == "hf":
+        return "hf_" + _slug(Path(config.train.hf_model).name)
+    family = "mdlm" if config.objective.kind == "mdlm" else m.arch
+    variants = [m.position if m.position != "none" else "nopos"] if m.position != "learned" else []
+    variants += ["linear"] * (m.attention == "linear") + ["diff"] * m.differential + ["swiglu"] * (m.mlp == "swiglu")
+    return "_".join([family, *variants])
+
+
+def size_name(config: Config) -> str:
+    """The preset whose shape the model has, else its parameter count without embeddings (3.2M)."""
+    from picolm.config import PRESETS
+
+    m = config.model
+    for name, preset in PRESETS.items():
+        if all(getattr(m, key) == preset[key] for key in ("n_layer", "n_head", "n_embd")):
+            return name
+    return f"{12 * m.n_layer * m.n_embd ** 2 / 1e6:.2g}M"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text)
+
+
+def run_name(config: Config, source: str, runs: Path) -> str:
+    """`{architecture}-{dataset}-{size}-v{n}` for trackers, n one more than the highest among the runs beside this
+    one; the dataset is the data's source (`tinystories`, or a local file's stem)."""
+    dataset = Path(source.split(":")[0]).stem if "." in source else source
+    stem = f"{architecture_name(config)}-{_slug(dataset)}-{size_name(config)}"
+    taken = [0]
+    for saved in runs.glob("*/config.yaml") if runs.is_dir() else []:
+        found = re.fullmatch(re.escape(stem) + r"-v(\d+)", str(yaml.safe_load(saved.read_text(encoding="utf-8"))
+                                                                .get("log", {}).get("run_name")))
+        taken.append(int(found.group(1)) if found else 0)
+    return f"{stem}-v{max(taken) + 1}"
 
 
 class Tracker:

@@ -30,7 +30,7 @@ from picolm.train.distributed import (Distributed, full_model_state, full_optimi
 from picolm.train.objectives import (OBJECTIVES, PREFERENCE_METRICS, MaskedDiffusion, Preference, build_objective,
                                      evaluate_objective, precompute_reference, sequence_log_probs)
 from picolm.train.optim import build_optimizers, lr_factor, set_lr, warmup_steps
-from picolm.train.tracking import QuietTracker, Tracker, summarize
+from picolm.train.tracking import QuietTracker, Tracker, run_name, summarize
 
 MONITOR_PAIRS = 64  # held-out pairs the SFT monitor scores at each evaluation
 
@@ -303,6 +303,9 @@ class Trainer:
         elif last.exists():
             raise PicolmError("already holds a run; resume it with --resume or choose another --out",
                               path=self.run_dir)
+        if not resume and not self.config.log.run_name:
+            self.config.log.run_name = run_name(self.config, str(self.meta.get("source", self.data_dir.name)),
+                                                self.run_dir.parent)
         with self.distributed.main_first():
             if self.distributed.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
