@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from picolm.config import ModelConfig
+from picolm.errors import PicolmError
 from picolm.models.export import to_gpt2
-from picolm.models.gpt import GPT
+from picolm.models.gpt import GPT, NORM_EPS
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -31,6 +32,19 @@ def test_logits_match_transformers_gpt2():
     with torch.no_grad():
         ours, theirs = model(idx), hf(idx).logits
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_rmsnorm_option_normalises_blocks_and_output():
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(norm="rmsnorm")))
+    norms = [model.ln_f] + [block.ln_1 for block in model.blocks] + [block.ln_2 for block in model.blocks]
+    assert all(isinstance(n, torch.nn.RMSNorm) and n.eps == NORM_EPS for n in norms)
+    x = torch.randn(2, 5, 32)
+    expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + NORM_EPS) * model.ln_f.weight
+    torch.testing.assert_close(model.ln_f(x), expected)
+    assert not any(name.endswith("ln_f.bias") for name, _ in model.named_parameters())
+    with pytest.raises(PicolmError, match="model.norm: must be one of layernorm, rmsnorm"):
+        small_config(norm="batchnorm").validate()
 
 
 

@@ -54,9 +54,12 @@ def load_model(target: str | Path, device="cpu") -> LoadedModel:
 
 
 def describe_mismatch(expected: ModelConfig, found: dict) -> str | None:
-    """The first field where a checkpoint's model config differs from the expected one."""
+    """The first field where a checkpoint's model config differs from the expected one (a field added after the
+    checkpoint was written counts as its default)."""
+    defaults = asdict(ModelConfig())
     for name, value in asdict(expected).items():
-        if found.get(name) != value:
-            return f"model.{name} is {value!r} here but {found.get(name)!r} in the checkpoint"
+        theirs = found.get(name, defaults[name])
+        if theirs != value:
+            return f"model.{name} is {value!r} here but {theirs!r} in the checkpoint"
     return None
 
