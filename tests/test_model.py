@@ -5,7 +5,7 @@ import torch
 
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
-from picolm.models.export import to_gpt2
+from picolm.models.export import from_gpt2, to_gpt2, to_llama
 from picolm.models.gpt import GPT, NORM_EPS
 
 
@@ -32,6 +32,46 @@ def test_logits_match_transformers_gpt2():
     with torch.no_grad():
         ours, theirs = model(idx), hf(idx).logits
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_gpt2_export_then_import_is_exact():
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(tie_weights=False)))
+    back = from_gpt2(to_gpt2(model))
+    assert back.config == model.config
+    for name, weight in model.state_dict().items():
+        assert torch.equal(back.state_dict()[name], weight), name
+
+
+LLAMA = dict(position="rope", mlp="swiglu", norm="rmsnorm", rope_base=500.0)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_logits_match_transformers_llama(bias, tie_weights):
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(bias=bias, tie_weights=tie_weights, **LLAMA)))
+    hf = to_llama(model)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    c = hf.config
+    assert (c.rope_parameters["rope_theta"], c.rms_norm_eps, c.attention_bias, c.mlp_bias, c.head_dim,
+            c.tie_word_embeddings) == (500.0, NORM_EPS, bias, bias, 8, tie_weights)
+    idx = torch.randint(0, 97, (3, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    (dict(LLAMA, norm="layernorm"), "model.norm is 'layernorm', Llama needs 'rmsnorm'"),
+    (dict(LLAMA, mlp="gelu"), "model.mlp is 'gelu', Llama needs 'swiglu'"),
+    (dict(LLAMA, attention="linear"), "model.attention is 'linear', Llama needs 'softmax'"),
+    (dict(LLAMA, differential=True), "model.differential is True, Llama needs False"),
+])
+def test_llama_export_refuses_other_networks(settings, reason):
+    with pytest.raises(PicolmError, match=reason):
+        to_llama(GPT(small_config(**settings)))
+    with pytest.raises(PicolmError, match="GPT-2 needs"):
+        to_gpt2(GPT(small_config(**settings)))
 
 
 def test_rmsnorm_option_normalises_blocks_and_output():
