@@ -107,8 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data directory from `picolm prepare` (same as --data.path)")
     p.add_argument("--out", help="run directory (default runs/<data>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--init-from", metavar="RUN_DIR", help="start from this picolm run or checkpoint: its model and "
-                                                           "tokenizer (same as --train.init_from); for SFT and DPO")
+    p.add_argument("--init-from", metavar="RUN_DIR", help="start from this picolm run or checkpoint, or a GPT-2 in "
+                                                           "Hugging Face form (a hub name such as gpt2, or a folder "
+                                                           "written by save_pretrained) imported as a picolm model: "
+                                                           "its model and tokenizer (same as --train.init_from)")
     p.add_argument("--hf-model", metavar="NAME_OR_DIR", help="start from a Hugging Face causal LM instead "
                                                              "(same as --train.hf_model)")
     p.add_argument("--skip-bad-rows", action="store_true",

@@ -164,7 +164,7 @@ class TrainConfig:
     seed: int = 1337
     num_samples: int = 4  # samples written to samples.txt at the end
     sample_tokens: int = 64
-    init_from: str = ""  # start from this picolm run directory or checkpoint (its model and tokenizer)
+    init_from: str = ""  # start from a picolm run or checkpoint, or a GPT-2 (HF folder or hub name); its tokenizer too
     hf_model: str = ""  # or from a Hugging Face causal LM: a hub name (gpt2) or a local directory
 
     def validate(self) -> None:
