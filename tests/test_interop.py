@@ -1,21 +1,26 @@
-"""Hugging Face interop: GPT-2 checkpoints (save_pretrained folders) imported as native picolm models, checked
-against transformers itself."""
+"""Hugging Face interop: GPT-2 checkpoints (save_pretrained folders) imported as native picolm models, and
+`picolm export` writing runs as folders that `transformers` loads, checked against transformers itself."""
 
 from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import TINY
 from picolm.cli import main
 from picolm.data.loader import TokenWindows
 from picolm.errors import PicolmError
+from picolm.export import hf_tokenizer
 from picolm.models.export import from_gpt2, to_gpt2
 from picolm.models.loading import load_model, load_start
-from picolm.tokenizer import EOS, hub_tokenizer, train_bpe
+from picolm.tokenizer import (EOS, HFTokenizer, char_tokenizer, gpt2_tokenizer, hub_tokenizer, numeric_tokenizer,
+                             train_bpe)
 
 transformers = pytest.importorskip("transformers")
 
@@ -151,3 +156,156 @@ def test_import_refusals_are_one_clear_line(numeric_data, bpe, tmp_path, monkeyp
     capsys.readouterr()
     assert main(["train", "--data", str(numeric_data), "--out", str(tmp_path / "run"), "--init-from", str(llama)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- export
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, hf_offline, numeric_data, text_file):
+    """{kind: (run, exported folder)}: a GPT-2-shaped run on BPE text and a Llama-shaped one on numbers, each
+    trained 2 steps and exported through the CLI."""
+    root = tmp_path_factory.mktemp("export")
+    text_data = root / "text-data"
+    assert main(["prepare", "--source", str(text_file), "--out", str(text_data), "--vocab-size", "300"]) == 0
+    settings = {"gpt2": (text_data, []),
+                "llama": (numeric_data, ["--model.position", "rope", "--model.mlp", "swiglu", "--model.norm",
+                                         "rmsnorm", "--model.bias", "false", "--model.rope_base", "500"])}
+    out = {}
+    for kind, (data, extra) in settings.items():
+        run, folder = root / kind, root / f"{kind}-hf"
+        assert main(["train", "--data", str(data), "--out", str(run), "--train.max_steps", "2",
+                     "--train.num_samples", "0", *TINY, *extra]) == 0
+        assert main(["export", str(run), "--format", "hf", str(folder)]) == 0
+        out[kind] = run, folder
+    return out
+
+
+OUTSIDE = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+results = {}
+for case in json.load(open(sys.argv[1])):
+    tokenizer = AutoTokenizer.from_pretrained(case["folder"])
+    model = AutoModelForCausalLM.from_pretrained(case["folder"]).eval()
+    ids = tokenizer(case["text"])["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    results[case["folder"]] = {"class": type(model).__name__, "ids": ids, "eos": tokenizer.eos_token_id,
+                               "pad": tokenizer.pad_token_id, "generation_eos": model.generation_config.eos_token_id,
+                               "error": (logits - torch.tensor(case["logits"])).abs().max().item()}
+results["picolm imported"] = any(name.split(".")[0] == "picolm" for name in sys.modules)
+print(json.dumps(results))
+"""
+
+
+def test_exported_runs_load_without_picolm_and_give_its_logits(exported, tmp_path):
+    texts = {"gpt2": "the cat sat on a mat.<|endoftext|>dogs ran", "llama": "3 6 9 12 <|endoftext|> 5 10"}
+    cases, expected = [], {}
+    for kind, (run, folder) in exported.items():
+        loaded = load_model(run)
+        ids = loaded.tokenizer.encode(texts[kind])
+        with torch.no_grad():
+            logits = loaded.model(torch.tensor([ids]))[0]
+        cases.append({"folder": str(folder), "text": texts[kind], "logits": logits.tolist()})
+        expected[str(folder)] = ids, loaded.tokenizer
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "generation_config.json",
+                                                             "model.safetensors", "tokenizer.json",
+                                                             "tokenizer_config.json"]
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-c", OUTSIDE, str(tmp_path / "cases.json")], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)  # from elsewhere: the worktree is not importable
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    assert results.pop("picolm imported") is False
+    for kind, (_, folder) in exported.items():
+        got = results[str(folder)]
+        ids, tokenizer = expected[str(folder)]
+        assert got["class"] == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[kind]
+        assert got["ids"] == ids and tokenizer.eos_id in ids
+        assert (got["eos"], got["pad"], got["generation_eos"]) == (tokenizer.eos_id, tokenizer.pad_id,
+                                                                   tokenizer.eos_id)
+        assert got["error"] < 1e-5, kind
+
+
+def test_export_prints_the_files_and_the_class(exported, tmp_path, capsys):
+    run, _ = exported["llama"]
+    out = tmp_path / "empty"
+    out.mkdir()  # an empty folder may be written into
+    assert main(["export", str(run), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}: config.json, generation_config.json, model.safetensors" in printed
+    assert "loads as LlamaForCausalLM with AutoModelForCausalLM.from_pretrained" in printed
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"]  # no temporary folder left beside it
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert (config["rope_theta"], config["rope_parameters"]["rope_theta"], config["dtype"]) == (500.0, 500.0,
+                                                                                                 "float32")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["export", "no/such/run", "OUT"], "no/such/run: no such run directory or checkpoint"),
+    (["export", "RUN", "EXISTING"], "already exists and is not empty"),
+    (["export", "RUN", "OUT", "--format", "onnx"], "--format: unknown format 'onnx' (known: hf)"),
+])
+def test_export_bad_input_gives_one_line_and_status_2(exported, args, message, tmp_path):
+    run, folder = exported["gpt2"]
+    args = [{"RUN": str(run), "EXISTING": str(folder), "OUT": str(tmp_path / "out")}.get(a, a) for a in args]
+    result = subprocess.run([sys.executable, "-m", "picolm", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _bos_adding(bpe):
+    """A Hugging Face tokenizer whose post-processor adds a BOS (as Llama's does): picolm adds none."""
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_str(bpe.tok.to_str())
+    tok.post_processor = processors.TemplateProcessing(single=f"{EOS} $A", special_tokens=[(EOS, bpe.eos_id)])
+    return HFTokenizer(tok, "hf")
+
+
+TOKENIZERS = {
+    "bpe": (lambda bpe: bpe, ["the cat sat.", " two  spaces\n\nnew lines", "<|endoftext|>birds<|pad|>", "ünïcödé ✓"]),
+    "gpt2": (lambda bpe: gpt2_tokenizer(), ["Hello, world!<|endoftext|>", "  leading and\ttabs", "ünïcödé ✓"]),
+    "hf": (_bos_adding, ["the cat sat.", "<|endoftext|> dogs"]),
+    "numeric": (lambda bpe: numeric_tokenizer(99), ["1 2 3", "  10\n20\t30 ", "5 <|endoftext|> 7 <|pad|>", ""]),
+    "char": (lambda bpe: char_tokenizer(["the cat sat on a mat.\n", "<|endoftext|> \t<|mask|>"]),
+             ["the cat", "a\tmat.\n\n", "<|endoftext|>", "cat<|mask|>"]),
+}
+
+
+@pytest.mark.parametrize("kind", list(TOKENIZERS))
+def test_exported_tokenizer_encodes_and_decodes_as_picolm(kind, bpe, tmp_path, hf_offline):
+    make, texts = TOKENIZERS[kind]
+    tokenizer = make(bpe)
+    hf_tokenizer(tokenizer, 64).save_pretrained(tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for text in texts:
+        ids = tokenizer.encode(text)
+        assert theirs.encode(text) == ids, text
+        assert theirs.decode(ids) == tokenizer.decode(ids), text
+    assert (theirs.eos_token_id, theirs.bos_token_id, theirs.pad_token_id) == (tokenizer.eos_id, tokenizer.eos_id,
+                                                                               tokenizer.pad_id)
+    assert theirs.model_max_length == 64
+
+
+def test_symbol_outside_the_vocabulary_fails_in_both(tmp_path, hf_offline):
+    numbers = numeric_tokenizer(9)
+    hf_tokenizer(numbers, 16).save_pretrained(tmp_path)
+    with pytest.raises(PicolmError):
+        numbers.encode("1 12")
+    with pytest.raises(Exception, match="Missing"):
+        transformers.AutoTokenizer.from_pretrained(tmp_path).encode("1 12")
+
+
+def test_help_names_the_export_classes_and_the_norm_option():
+    export_help = subprocess.run([sys.executable, "-m", "picolm", "export", "--help"], capture_output=True,
+                                 text=True, timeout=60).stdout
+    for name in ("GPT2LMHeadModel", "LlamaForCausalLM", "PicolmForCausalLM", "model.safetensors", "lm_eval"):
+        assert name in export_help
+    train_help = " ".join(subprocess.run([sys.executable, "-m", "picolm", "train", "--help"], capture_output=True,
+                                         text=True, timeout=60).stdout.split())
+    assert "norm=layernorm" in train_help and "GPT-2 in Hugging Face form" in train_help
