@@ -210,11 +210,13 @@ def _parser() -> argparse.ArgumentParser:
                                      "The class follows the architecture:\n"
                                      "  learned positions + GELU + LayerNorm (softmax, causal)  -> GPT2LMHeadModel\n"
                                      "  RoPE + SwiGLU + RMSNorm (softmax, causal)               -> LlamaForCausalLM\n"
+                                     "  RoPE + GELU + LayerNorm (softmax, causal)               -> GPTNeoXForCausalLM\n"
                                      "  a run trained from --hf-model                           -> its own class\n"
                                      "  any other picolm model (linear attention, differential inputs, no positions,\n"
-                                     "  RoPE with GELU, masked diffusion, sdd)                  -> PicolmForCausalLM\n"
-                                     "GPT-2 and Llama folders load without picolm installed; PicolmForCausalLM needs "
-                                     "picolm (import picolm.models.picolm_transformers, or trust_remote_code=True).",
+                                     "  other MLP/norm pairs, masked diffusion, sdd)            -> PicolmForCausalLM\n"
+                                     "GPT-2, Llama and GPT-NeoX folders load without picolm installed; "
+                                     "PicolmForCausalLM needs picolm (import picolm.models.picolm_transformers, or "
+                                     "trust_remote_code=True).",
                          epilog="examples:\n"
                                 "  picolm export runs/stories --format hf exported/stories\n"
                                 "  lm_eval --model hf --model_args pretrained=exported/stories --tasks hellaswag")

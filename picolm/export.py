@@ -1,9 +1,9 @@
 """`picolm export RUN --format hf OUT_DIR`: a run as a folder `transformers` loads with `from_pretrained`.
 
 The class follows the architecture: a GPT-2-shaped GPT (learned positions, GELU, LayerNorm, softmax, causal) is
-written as `GPT2LMHeadModel` and a Llama-shaped one (RoPE, SwiGLU, RMSNorm, softmax, causal) as `LlamaForCausalLM`,
-so both load where picolm is not installed; a run trained from `--hf-model` as its own class; any other picolm model
-as `PicolmForCausalLM` (picolm/models/picolm_transformers.py). Beside the weights go generation_config.json and a
+written as `GPT2LMHeadModel`, a Llama-shaped one (RoPE, SwiGLU, RMSNorm) as `LlamaForCausalLM` and one with RoPE,
+GELU and LayerNorm as `GPTNeoXForCausalLM`, so they load where picolm is not installed; a run trained from
+`--hf-model` as its own class; any other picolm model as `PicolmForCausalLM` (picolm/models/picolm_transformers.py). Beside the weights go generation_config.json and a
 fast tokenizer that encodes text exactly as picolm's does. `transformers` is imported inside the functions.
 """
 
@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from picolm.errors import PicolmError
-from picolm.models.export import gpt2_config_problems, llama_config_problems, to_gpt2, to_llama
+from picolm.models.export import (gpt2_config_problems, llama_config_problems, neox_config_problems, to_gpt2,
+                                  to_llama, to_neox)
 from picolm.models.loading import load_model
 from picolm.tokenizer import SymbolTokenizer, Tokenizer
 
 FORMATS = ("hf",)
-STANDALONE = ("GPT2LMHeadModel", "LlamaForCausalLM")  # the classes picolm writes that load without picolm
+STANDALONE = ("GPT2LMHeadModel", "LlamaForCausalLM", "GPTNeoXForCausalLM")  # they load without picolm
 
 
 @dataclass
@@ -43,6 +44,8 @@ def hf_model_for(model, tokenizer: Tokenizer):
         hf = to_gpt2(model, eos_id=eos, pad_id=pad)
     elif not llama_config_problems(model):
         hf = to_llama(model, eos_id=eos, pad_id=pad)
+    elif not neox_config_problems(model):
+        hf = to_neox(model, eos_id=eos, pad_id=pad)
     else:
         from picolm.models.picolm_transformers import PicolmForCausalLM
 

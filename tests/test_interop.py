@@ -163,14 +163,15 @@ def test_import_refusals_are_one_clear_line(numeric_data, bpe, tmp_path, monkeyp
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, hf_offline, numeric_data, text_file):
-    """{kind: (run, exported folder)}: a GPT-2-shaped run on BPE text and a Llama-shaped one on numbers, each
-    trained 2 steps and exported through the CLI."""
+    """{kind: (run, exported folder)}: a GPT-2-shaped run on BPE text, a Llama-shaped and a GPT-NeoX-shaped one
+    (RoPE with GELU and LayerNorm) on numbers, each trained 2 steps and exported through the CLI."""
     root = tmp_path_factory.mktemp("export")
     text_data = root / "text-data"
     assert main(["prepare", "--source", str(text_file), "--out", str(text_data), "--vocab-size", "300"]) == 0
     settings = {"gpt2": (text_data, []),
                 "llama": (numeric_data, ["--model.position", "rope", "--model.mlp", "swiglu", "--model.norm",
-                                         "rmsnorm", "--model.bias", "false", "--model.rope_base", "500"])}
+                                         "rmsnorm", "--model.bias", "false", "--model.rope_base", "500"]),
+                "neox": (numeric_data, ["--model.position", "rope"])}
     out = {}
     for kind, (data, extra) in settings.items():
         run, folder = root / kind, root / f"{kind}-hf"
@@ -201,7 +202,8 @@ print(json.dumps(results))
 
 
 def test_exported_runs_load_without_picolm_and_give_its_logits(exported, tmp_path):
-    texts = {"gpt2": "the cat sat on a mat.<|endoftext|>dogs ran", "llama": "3 6 9 12 <|endoftext|> 5 10"}
+    texts = {"gpt2": "the cat sat on a mat.<|endoftext|>dogs ran", "llama": "3 6 9 12 <|endoftext|> 5 10",
+             "neox": "2 4 8 16\n<|endoftext|> 7"}
     cases, expected = [], {}
     for kind, (run, folder) in exported.items():
         loaded = load_model(run)
@@ -222,7 +224,8 @@ def test_exported_runs_load_without_picolm_and_give_its_logits(exported, tmp_pat
     for kind, (_, folder) in exported.items():
         got = results[str(folder)]
         ids, tokenizer = expected[str(folder)]
-        assert got["class"] == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[kind]
+        assert got["class"] == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
+                                "neox": "GPTNeoXForCausalLM"}[kind]
         assert got["ids"] == ids and tokenizer.eos_id in ids
         assert (got["eos"], got["pad"], got["generation_eos"]) == (tokenizer.eos_id, tokenizer.pad_id,
                                                                    tokenizer.eos_id)
@@ -304,7 +307,8 @@ def test_symbol_outside_the_vocabulary_fails_in_both(tmp_path, hf_offline):
 def test_help_names_the_export_classes_and_the_norm_option():
     export_help = subprocess.run([sys.executable, "-m", "picolm", "export", "--help"], capture_output=True,
                                  text=True, timeout=60).stdout
-    for name in ("GPT2LMHeadModel", "LlamaForCausalLM", "PicolmForCausalLM", "model.safetensors", "lm_eval"):
+    for name in ("GPT2LMHeadModel", "LlamaForCausalLM", "GPTNeoXForCausalLM", "PicolmForCausalLM",
+                 "model.safetensors", "lm_eval"):
         assert name in export_help
     train_help = " ".join(subprocess.run([sys.executable, "-m", "picolm", "train", "--help"], capture_output=True,
                                          text=True, timeout=60).stdout.split())

@@ -5,7 +5,7 @@ import torch
 
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
-from picolm.models.export import from_gpt2, to_gpt2, to_llama
+from picolm.models.export import from_gpt2, to_gpt2, to_llama, to_neox
 from picolm.models.gpt import GPT, NORM_EPS
 
 
@@ -61,6 +61,19 @@ def test_logits_match_transformers_llama(bias, tie_weights):
         torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_logits_match_transformers_gpt_neox(bias, tie_weights):
+    """RoPE + GELU + LayerNorm: GPT-NeoX with sequential residuals and rotary on the whole head."""
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(bias=bias, tie_weights=tie_weights, position="rope", rope_base=300.0)))
+    hf = to_neox(model)
+    assert type(hf).__name__ == "GPTNeoXForCausalLM" and not hf.config.use_parallel_residual
+    idx = torch.randint(0, 97, (3, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(("settings", "reason"), [
     (dict(LLAMA, norm="layernorm"), "model.norm is 'layernorm', Llama needs 'rmsnorm'"),
     (dict(LLAMA, mlp="gelu"), "model.mlp is 'gelu', Llama needs 'swiglu'"),
@@ -72,6 +85,8 @@ def test_llama_export_refuses_other_networks(settings, reason):
         to_llama(GPT(small_config(**settings)))
     with pytest.raises(PicolmError, match="GPT-2 needs"):
         to_gpt2(GPT(small_config(**settings)))
+    with pytest.raises(PicolmError, match="GPT-NeoX needs"):
+        to_neox(GPT(small_config(**settings)))
 
 
 def test_rmsnorm_option_normalises_blocks_and_output():

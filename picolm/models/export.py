@@ -3,7 +3,8 @@
 A GPT with learned positions, a GELU MLP and LayerNorm is GPT-2: `to_gpt2` builds a `GPT2LMHeadModel` whose
 outputs match picolm's and `from_gpt2` is its inverse, both through one name table (GPT-2's Conv1D layers store
 their weights transposed). A GPT with RoPE, SwiGLU and RMSNorm is Llama: `to_llama` splits the fused query/key/value
-and gate/up projections into Llama's separate ones. `transformers` is imported inside the functions.
+and gate/up projections into Llama's separate ones. A GPT with RoPE, GELU and LayerNorm is GPT-NeoX with sequential
+residuals (`to_neox`). `transformers` is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from picolm.models.gpt import GPT, NORM_EPS
 GPT2_SHAPE = {"arch": "gpt", "position": "learned", "mlp": "gelu", "norm": "layernorm", "attention": "softmax",
               "causal": True, "differential": False}
 LLAMA_SHAPE = {**GPT2_SHAPE, "position": "rope", "mlp": "swiglu", "norm": "rmsnorm"}
+NEOX_SHAPE = {**GPT2_SHAPE, "position": "rope"}
 # picolm's name -> GPT-2's, inside a block
 GPT2_LAYER_NAMES = {"ln_1": "ln_1", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj", "ln_2": "ln_2",
                     "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
@@ -40,6 +42,11 @@ def llama_config_problems(model: GPT) -> list[str]:
     return _shape_problems(model, LLAMA_SHAPE, "Llama")
 
 
+def neox_config_problems(model: GPT) -> list[str]:
+    """Why this model is not a GPT-NeoX network (empty when it is)."""
+    return _shape_problems(model, NEOX_SHAPE, "GPT-NeoX")
+
+
 def gpt2_names(n_layer: int) -> dict[str, str]:
     """picolm's parameter name -> GPT2LMHeadModel's, for every weight and bias of a GPT-2-shaped GPT."""
     names = {"wte.weight": "transformer.wte.weight", "position.wpe.weight": "transformer.wpe.weight",
@@ -60,8 +67,7 @@ def _conv1d(name: str) -> bool:
 def _load_all(hf, state: dict[str, torch.Tensor], what: str) -> None:
     """Load `state` into `hf`, which must then have nothing left at its initial values."""
     missing, unexpected = hf.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if hf.config.tie_word_embeddings else set()
-    leftover = [k for k in missing if k not in tied and not k.endswith(".attn.bias")]  # GPT-2's causal-mask buffer
+    leftover = [k for k in missing if not k.endswith(".attn.bias")]  # GPT-2's causal-mask buffer
     if leftover or unexpected:
         raise RuntimeError(f"{what} export left out {leftover} and did not place {unexpected}")
 
@@ -157,4 +163,46 @@ def to_llama(model: GPT, eos_id: int | None = None, pad_id: int | None = None):
                     for part, piece in zip(parts, value.chunk(len(parts))):
                         target[f"model.layers.{i}.{part}.{kind}"] = piece
     _load_all(hf, target, "Llama")
+    return hf
+
+
+@torch.no_grad()
+def to_neox(model: GPT, eos_id: int | None = None, pad_id: int | None = None):
+    """A transformers GPTNeoXForCausalLM (float32, eval mode) computing the same function as a GPT with RoPE, GELU
+    and LayerNorm: sequential residuals, rotary on the whole head (half-split, as picolm's), heads interleaved in
+    the fused projection ([q, k, v] per head where picolm has [all q, all k, all v]). A bias-free model gets zero
+    biases where GPT-NeoX always has them (LayerNorm, MLP)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    problems = neox_config_problems(model)
+    if problems:
+        raise PicolmError("cannot export as GPT-NeoX: " + "; ".join(problems), field="model")
+    c = model.config
+    config = GPTNeoXConfig(vocab_size=c.vocab_size, hidden_size=c.n_embd, num_hidden_layers=c.n_layer,
+                           num_attention_heads=c.n_head, intermediate_size=4 * c.n_embd, hidden_act="gelu_new",
+                           max_position_embeddings=c.block_size, layer_norm_eps=NORM_EPS, use_parallel_residual=False,
+                           rope_parameters={"rope_type": "default", "rope_theta": c.rope_base,
+                                            "partial_rotary_factor": 1.0},
+                           attention_bias=c.bias, tie_word_embeddings=c.tie_weights, attention_dropout=0.0,
+                           hidden_dropout=0.0, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    hf = GPTNeoXForCausalLM(config).float().eval()
+    source = {k: v.float() for k, v in model.state_dict().items()}
+    blank = hf.state_dict()
+    names = {"wte.weight": "gpt_neox.embed_in.weight", "ln_f.weight": "gpt_neox.final_layer_norm.weight",
+             "ln_f.bias": "gpt_neox.final_layer_norm.bias", "lm_head.weight": "lm_head.weight"}
+    layer = {"ln_1": "input_layernorm", "attn.qkv": "attention.query_key_value", "attn.proj": "attention.dense",
+             "ln_2": "post_attention_layernorm", "mlp.fc": "mlp.dense_h_to_4h", "mlp.proj": "mlp.dense_4h_to_h"}
+    for i in range(c.n_layer):
+        for ours, theirs in layer.items():
+            for kind in ("weight", "bias"):
+                names[f"blocks.{i}.{ours}.{kind}"] = f"gpt_neox.layers.{i}.{theirs}.{kind}"
+    target = {}
+    for ours, theirs in names.items():
+        if theirs not in blank:  # a bias GPT-NeoX leaves out as picolm does (attention_bias false)
+            continue
+        value = source.get(ours, torch.zeros_like(blank[theirs]))
+        if ours.endswith("attn.qkv.weight") or ours.endswith("attn.qkv.bias"):
+            value = value.view(3, c.n_head, -1, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
+        target[theirs] = value
+    _load_all(hf, target, "GPT-NeoX")
     return hf
