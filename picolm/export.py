@@ -3,8 +3,9 @@
 The class follows the architecture: a GPT-2-shaped GPT (learned positions, GELU, LayerNorm, softmax, causal) is
 written as `GPT2LMHeadModel`, a Llama-shaped one (RoPE, SwiGLU, RMSNorm) as `LlamaForCausalLM` and one with RoPE,
 GELU and LayerNorm as `GPTNeoXForCausalLM`, so they load where picolm is not installed; a run trained from
-`--hf-model` as its own class; any other picolm model as `PicolmForCausalLM` (picolm/models/picolm_transformers.py). Beside the weights go generation_config.json and a
-fast tokenizer that encodes text exactly as picolm's does. `transformers` is imported inside the functions.
+`--hf-model` as its own class; any other picolm model as `PicolmForCausalLM` (picolm/models/picolm_transformers.py).
+Beside the weights go generation_config.json and a fast tokenizer that encodes text exactly as picolm's does.
+`transformers` is imported inside the functions.
 """
 
 from __future__ import annotations
