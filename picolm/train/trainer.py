@@ -174,8 +174,9 @@ class Trainer:
                    if self.diffusion else "a masked-diffusion model trains on only with objective.kind mdlm")
             raise PicolmError(why, field="train.init_from")
         self.config.model = loaded.model.config
-        self.log(f"starting from {loaded.path} " + (f"(step {loaded.checkpoint.get('global_step', 0)})" if loaded.checkpoint
-                                                   else "(a GPT-2 imported as a picolm model)"))
+        origin = f"step {loaded.checkpoint.get('global_step', 0)}" if loaded.checkpoint \
+            else "a GPT-2 imported as a picolm model"
+        self.log(f"starting from {loaded.path} ({origin})")
         return loaded
 
     def _tokenizer(self, start, resume: bool):
