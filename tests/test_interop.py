@@ -113,10 +113,17 @@ def test_untied_gpt2_imports_and_round_trips_exactly(bpe):
         assert torch.equal(back.state_dict()[name], weight), name
 
 
-def test_training_from_a_gpt2_folder_starts_at_the_hf_loss(gpt2_folder, text_file, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def gpt2_data(tmp_path_factory, gpt2_folder, text_file):
+    """The text file prepared with the GPT-2 folder's tokenizer."""
+    data = tmp_path_factory.mktemp("gpt2-data") / "data"
+    assert main(["prepare", "--source", str(text_file), "--out", str(data), "--tokenizer", f"hf:{gpt2_folder[0]}"]) == 0
+    return data
+
+
+def test_training_from_a_gpt2_folder_starts_at_the_hf_loss(gpt2_folder, gpt2_data, tmp_path, capsys):
     folder, reference = gpt2_folder
-    data, run = tmp_path / "data", tmp_path / "run"
-    assert main(["prepare", "--source", str(text_file), "--out", str(data), "--tokenizer", f"hf:{folder}"]) == 0
+    data, run = gpt2_data, tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(run), "--init-from", str(folder), "--train.max_steps",
                  "2", "--train.log_every", "1", "--train.batch_size", "4", "--train.eval_every", "2",
                  "--train.eval_batches", "1", "--train.num_samples", "0", "--log.progress", "false"]) == 0
@@ -244,6 +251,26 @@ def test_export_prints_the_files_and_the_class(exported, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert (config["rope_theta"], config["rope_parameters"]["rope_theta"], config["dtype"]) == (500.0, 500.0,
                                                                                                  "float32")
+
+
+def test_a_hf_model_run_is_exported_as_its_own_class(bpe, gpt2_data, tmp_path):
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=bpe.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=N_POSITIONS, tie_word_embeddings=False))
+    folder = save_with_tokenizer(llama, bpe, tmp_path / "llama")
+    run, out = tmp_path / "run", tmp_path / "out"
+    assert main(["train", "--data", str(gpt2_data), "--out", str(run), "--hf-model", str(folder), "--train.max_steps",
+                 "1", "--train.batch_size", "2", "--train.eval_every", "1", "--train.eval_batches", "1",
+                 "--train.num_samples", "0", "--log.progress", "false"]) == 0
+    assert main(["export", str(run), str(out)]) == 0
+    trained = load_model(run)
+    exported = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(exported).__name__ == "LlamaForCausalLM" and exported.config.num_key_value_heads == 2
+    idx = _ids(bpe.vocab_size, (2, N_POSITIONS))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(idx).logits, trained.model(idx), atol=1e-5, rtol=0)
+    assert transformers.AutoTokenizer.from_pretrained(out).encode("the cat sat.") == bpe.encode("the cat sat.")
 
 
 @pytest.mark.parametrize(("args", "message"), [
