@@ -335,12 +335,19 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
 
     config, run_dir = _train_config(args, overrides)
     trainer = Trainer(config, run_dir, resume=bool(args.resume))
-    n_params = trainer.model.num_params()
-    print(f"model: {n_params / 1e6:.2f}M parameters on {trainer.device}"
-          f"{' with ' + str(trainer.autocast_dtype).replace('torch.', '') + ' autocast' if trainer.autocast_dtype else ''}"
-          f"; run directory {run_dir}")
-    result = trainer.fit()
-    finish_run(trainer, result)
+    try:
+        n_params = trainer.model.num_params()
+        autocast = str(trainer.autocast_dtype).replace("torch.", "") if trainer.autocast_dtype else None
+        processes = trainer.distributed.world_size
+        trainer.log(f"model: {n_params / 1e6:.2f}M parameters on {trainer.device}"
+                    f"{' x ' + str(processes) + ' processes (' + config.train.parallel + ')' if processes > 1 else ''}"
+                    f"{' with ' + autocast + ' autocast' if autocast else ''}; run directory {run_dir}")
+        result = trainer.fit()
+        finish_run(trainer, result)
+    except BaseException:
+        trainer.close(failed=True)
+        raise
+    trainer.close()
     return 130 if result.stop_reason == "interrupted" else 0
 
 

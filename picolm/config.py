@@ -161,6 +161,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False
     grad_checkpointing: bool = False
+    parallel: str = "ddp"  # under torchrun: ddp (a full copy per rank) | fsdp (FSDP2, parameters sharded)
     seed: int = 1337
     num_samples: int = 4  # samples written to samples.txt at the end
     sample_tokens: int = 64
@@ -174,6 +175,9 @@ class TrainConfig:
             (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"), "device",
              "must be auto, cpu, cuda, cuda:N or mps"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision", "must be auto, fp32, bf16 or fp16"),
+            (self.parallel in ("ddp", "fsdp"), "parallel", "must be ddp or fsdp"),
+            (not (self.parallel == "fsdp" and self.optimizer == "muon"), "optimizer",
+             "muon orthogonalises whole matrices, which fsdp shards: use adamw with train.parallel fsdp"),
             (self.batch_size > 0, "batch_size", "must be positive"),
             (self.micro_batch_size is None or (self.micro_batch_size > 0
                                                and self.batch_size % self.micro_batch_size == 0),

@@ -95,6 +95,21 @@ def next_tokens(logits: torch.Tensor, options: SamplingOptions, generator: torch
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def padded_positions(real: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """(B, S - start) positions of columns start..S-1 of rows whose real tokens are True in `real` (B, S): each
+    row counts its own real tokens from 0, and padding sits at 0."""
+    return (real.long().cumsum(-1) - 1)[:, start:].clamp(min=0)
+
+
+def padding_mask(real: torch.Tensor, start: int = 0, causal: bool = True) -> torch.Tensor:
+    """(B, 1, S - start, S), True where a query may attend: queries start..S-1 see the real keys (`real` (B, S))
+    up to themselves, or all of them when not causal; a padding query sees itself, so no row is empty."""
+    keys = torch.arange(real.shape[1], device=real.device)
+    queries = torch.arange(start, real.shape[1], device=real.device)[:, None]
+    seen = real[:, None, :] & (keys <= queries) if causal else real[:, None, :]
+    return (seen | (keys == queries))[:, None]
+
+
 class _Batch:
     """Left-padded token rows: the positions each row counts from its own first token, and which columns are
     real tokens (padding is never attended to)."""
@@ -105,20 +120,15 @@ class _Batch:
         self.tokens = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
         self.padded = bool(self.pad.any())
 
+    def _real(self, end: int) -> torch.Tensor:
+        return torch.arange(end, device=self.pad.device) >= self.pad[:, None]
+
     def positions(self, start: int, end: int) -> torch.Tensor | None:
-        if not self.padded:
-            return None
-        return (torch.arange(start, end, device=self.pad.device) - self.pad[:, None]).clamp(min=0)
+        return padded_positions(self._real(end), start) if self.padded else None
 
     def mask(self, start: int, end: int) -> torch.Tensor | None:
-        """(B, 1, end - start, end): queries start..end-1 see real keys up to themselves (a padding query sees
-        itself, so no row of the mask is empty)."""
-        if not self.padded:
-            return None
-        keys = torch.arange(end, device=self.pad.device)
-        queries = torch.arange(start, end, device=self.pad.device)[:, None]
-        real = keys[None, :] >= self.pad[:, None]
-        return (((keys <= queries) & real[:, None, :]) | (keys == queries))[:, None]
+        """(B, 1, end - start, end), or None when no row is padded."""
+        return padding_mask(self._real(end), start) if self.padded else None
 
     def drop_front(self, n: int) -> None:
         """Forget the first n columns (the context window slides)."""

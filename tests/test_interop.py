@@ -170,15 +170,18 @@ def test_import_refusals_are_one_clear_line(numeric_data, bpe, tmp_path, monkeyp
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, hf_offline, numeric_data, text_file):
-    """{kind: (run, exported folder)}: a GPT-2-shaped run on BPE text, a Llama-shaped and a GPT-NeoX-shaped one
-    (RoPE with GELU and LayerNorm) on numbers, each trained 2 steps and exported through the CLI."""
+    """{kind: (run, exported folder)}: a GPT-2-shaped run on BPE text; on numbers a Llama-shaped one, a
+    GPT-NeoX-shaped one (RoPE with GELU and LayerNorm), and two only picolm computes (linear attention, differential
+    inputs); each trained 2 steps and exported through the CLI."""
     root = tmp_path_factory.mktemp("export")
     text_data = root / "text-data"
     assert main(["prepare", "--source", str(text_file), "--out", str(text_data), "--vocab-size", "300"]) == 0
     settings = {"gpt2": (text_data, []),
                 "llama": (numeric_data, ["--model.position", "rope", "--model.mlp", "swiglu", "--model.norm",
                                          "rmsnorm", "--model.bias", "false", "--model.rope_base", "500"]),
-                "neox": (numeric_data, ["--model.position", "rope"])}
+                "neox": (numeric_data, ["--model.position", "rope"]),
+                "linear": (numeric_data, ["--model.attention", "linear", "--model.norm", "rmsnorm"]),
+                "differential": (numeric_data, ["--model.differential", "true", "--model.position", "rope"])}
     out = {}
     for kind, (data, extra) in settings.items():
         run, folder = root / kind, root / f"{kind}-hf"
@@ -213,6 +216,8 @@ def test_exported_runs_load_without_picolm_and_give_its_logits(exported, tmp_pat
              "neox": "2 4 8 16\n<|endoftext|> 7"}
     cases, expected = [], {}
     for kind, (run, folder) in exported.items():
+        if kind not in texts:
+            continue
         loaded = load_model(run)
         ids = loaded.tokenizer.encode(texts[kind])
         with torch.no_grad():
@@ -228,7 +233,8 @@ def test_exported_runs_load_without_picolm_and_give_its_logits(exported, tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads(result.stdout.strip().splitlines()[-1])
     assert results.pop("picolm imported") is False
-    for kind, (_, folder) in exported.items():
+    for kind in texts:
+        folder = exported[kind][1]
         got = results[str(folder)]
         ids, tokenizer = expected[str(folder)]
         assert got["class"] == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
@@ -237,6 +243,26 @@ def test_exported_runs_load_without_picolm_and_give_its_logits(exported, tmp_pat
         assert (got["eos"], got["pad"], got["generation_eos"]) == (tokenizer.eos_id, tokenizer.pad_id,
                                                                    tokenizer.eos_id)
         assert got["error"] < 1e-5, kind
+
+
+@pytest.mark.parametrize("kind", ["linear", "differential"])
+def test_other_models_export_as_picolm_for_causal_lm(exported, kind):
+    from picolm.models.picolm_transformers import PicolmForCausalLM  # importing it registers the Auto classes
+
+    run, folder = exported[kind]
+    loaded = load_model(run)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert isinstance(model, PicolmForCausalLM) and model.config.model_type == "picolm"
+    assert model.config.to_model_config() == loaded.model.config
+    text = "5 10 15 20 <|endoftext|> 1 2"
+    ids = loaded.tokenizer.encode(text)
+    assert tokenizer.encode(text) == ids
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.tensor([ids])).logits, loaded.model(torch.tensor([ids])), atol=1e-5,
+                                   rtol=0)
+    assert (model.config.eos_token_id, model.generation_config.pad_token_id) == (loaded.tokenizer.eos_id,
+                                                                                  loaded.tokenizer.pad_id)
 
 
 def test_export_prints_the_files_and_the_class(exported, tmp_path, capsys):

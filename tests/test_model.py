@@ -98,6 +98,8 @@ def test_rmsnorm_option_normalises_blocks_and_output():
     expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + NORM_EPS) * model.ln_f.weight
     torch.testing.assert_close(model.ln_f(x), expected)
     assert not any(name.endswith("ln_f.bias") for name, _ in model.named_parameters())
+    model.init_weights()  # what PicolmForCausalLM runs for weights a checkpoint lacks: RMSNorm scales back to one
+    assert all(torch.equal(n.weight, torch.ones(32)) for n in norms)
     with pytest.raises(PicolmError, match="model.norm: must be one of layernorm, rmsnorm"):
         small_config(norm="batchnorm").validate()
 

@@ -49,10 +49,17 @@ class ShuffledEpochs:
         return self.epoch + self.cursor / (self.items_per_epoch / self.world_size)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
+        return {"epoch": self.epoch, "cursor": self.cursor, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor, self._order = int(state["epoch"]), int(state["cursor"]), None
+        """Resume where the saved walk stopped; a run saved under another number of processes continues from the
+        same place in the epoch's order when the items it had read split evenly over the new ranks."""
+        read = int(state["cursor"]) * int(state.get("world_size", 1))
+        if read % self.world_size:
+            raise PicolmError(f"the run stopped after {read} items of its epoch, which do not split evenly over "
+                              f"{self.world_size} processes: resume with a process count that divides {read}",
+                              field="torchrun")
+        self.epoch, self.cursor, self._order = int(state["epoch"]), read // self.world_size, None
 
 
 class TokenWindows(ShuffledEpochs):

@@ -91,10 +91,14 @@ class GPT(nn.Module):
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
         self.grad_checkpointing = False
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2's initialisation of every weight; the residual projections are scaled by depth."""
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):  # GPT-2: residual projections scaled by depth
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -104,6 +108,10 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
     def num_params(self, exclude_position: bool = True) -> int:
         """Parameters, counted once when tied; the position table is left out as in GPT-2's counts."""

@@ -18,12 +18,18 @@ def sample_prompts(trainer, count: int) -> list[list[int]]:
 
 
 def finish_run(trainer, result) -> None:
-    """Plots and samples for a finished run, then a short summary."""
+    """Plots and samples for a finished run, then a short summary (by rank 0 alone under torchrun)."""
+    if not trainer.distributed.is_main:
+        return
     run_dir = result.run_dir
     plot_loss(read_metrics(run_dir), run_dir / "plots" / "loss.png", title=f"{run_dir.name}: loss")
     t = trainer.config.train
-    samples = write_samples(trainer.model, trainer.tokenizer, sample_prompts(trainer, t.num_samples),
-                            run_dir / "samples.txt", max_new_tokens=t.sample_tokens, device=trainer.device)
+    if trainer.distributed.sharded:  # rank 0 holds a shard of each weight: sample from the checkpoint instead
+        samples = []
+        print(f"samples: picolm generate {run_dir} (a sharded run writes no samples.txt)")
+    else:
+        samples = write_samples(trainer.model, trainer.tokenizer, sample_prompts(trainer, t.num_samples),
+                                run_dir / "samples.txt", max_new_tokens=t.sample_tokens, device=trainer.device)
     metrics = result.final_metrics
     shown = ", ".join(f"{name} {metrics['val/' + name]:.4f}" for name in trainer.evaluation_names()[:3])
     print(f"\nstopped ({result.stop_reason}) at step {result.global_step}: val {shown}")

@@ -102,6 +102,19 @@ class Tracker:
             backend.close()
 
 
+class QuietTracker:
+    """Stands in for the tracker on torchrun ranks other than 0: only rank 0 writes the run's logs."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_histogram(self, step: int, name: str, values: torch.Tensor, bins: int = 30) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class TensorBoardBackend:
     def __init__(self, writer):
         self.writer = writer

@@ -1,4 +1,4 @@
-"""The one training loop: accumulation, precision, clipping, schedule, eval, checkpoint, resume."""
+"""The one training loop: accumulation, precision, clipping, schedule, eval, checkpoint, resume, DDP/FSDP."""
 
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ from picolm.models.sdd import SDD_METRICS, evaluate_sdd, prepare_vocabulary
 from picolm.models.loading import (LoadedModel, build_model, describe_mismatch, load_start,
                                    model_config_from_checkpoint)
 from picolm.tokenizer import load_tokenizer
-from picolm.train.checkpoint import load_checkpoint, save_checkpoint
+from picolm.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from picolm.train.distributed import (Distributed, full_model_state, full_optimizer_state, load_full_model_state,
+                                      load_full_optimizer_state)
 from picolm.train.objectives import (OBJECTIVES, PREFERENCE_METRICS, MaskedDiffusion, Preference, build_objective,
                                      evaluate_objective, precompute_reference, sequence_log_probs)
-from picolm.train.optim import build_optimizers, load_optimizer_state, lr_factor, set_lr, warmup_steps
-from picolm.train.tracking import Tracker, summarize
+from picolm.train.optim import build_optimizers, lr_factor, set_lr, warmup_steps
+from picolm.train.tracking import QuietTracker, Tracker, summarize
 
 MONITOR_PAIRS = 64  # held-out pairs the SFT monitor scores at each evaluation
 
@@ -103,11 +105,15 @@ class StopFlag:
 
 class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, objective=None, log=print):
-        self.config, self.run_dir, self.log = config, Path(run_dir), log
+        self.distributed = Distributed(config.train.parallel)
+        self.config, self.run_dir = config, Path(run_dir)
+        self.log = log if self.distributed.is_main else (lambda *args, **kwargs: None)
         self.meta = load_meta(config.data.path)
         self.data_dir = Path(config.data.path)
         self.task = self.meta.get("task", "text")
-        self.device = resolve_device(config.train.device)
+        self.device = self.distributed.device(resolve_device(config.train.device))
+        self.micro_size, self.micro_batches = self._micro_batching()
+        self.distributed.start(self.device)
         self.autocast_dtype = resolve_precision(config.train.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.objective = objective or build_objective(self._objective_kind(), config.objective)
@@ -119,9 +125,12 @@ class Trainer:
         self._check_vocabulary()
         torch.manual_seed(config.train.seed)
         self.model = (start.model if start else build_model(config.model)).to(self.device).train()
+        if self.distributed.rank:  # the same initial weights on every rank, then each its own dropout and noise
+            torch.manual_seed(config.train.seed + self.distributed.rank)
         self.model.grad_checkpointing = config.train.grad_checkpointing
         if isinstance(self.objective, Preference) and config.objective.reference == "live":
             self.objective.keep_reference(self.model)
+        self.train_model = self.distributed.wrap(self.model, self.device)  # what the training step calls
         self.optimizers = build_optimizers(self.model, config.train, self.device.type)
         self._load_data()
         self._check_objective_settings()
@@ -134,6 +143,19 @@ class Trainer:
                 block.compile()
 
     # -- set-up -------------------------------------------------------------------------------------
+    def _micro_batching(self) -> tuple[int, int]:
+        """(micro-batch size, micro-batches per step) of each rank: `train.batch_size` is the whole step's batch,
+        split evenly over the ranks and then into micro-batches."""
+        t, world = self.config.train, self.distributed.world_size
+        if t.batch_size % world:
+            raise PicolmError(f"{t.batch_size} does not split evenly over {world} processes", field="train.batch_size")
+        per_rank = t.batch_size // world
+        micro = min(t.micro_batch_size or per_rank, per_rank)
+        if per_rank % micro:
+            raise PicolmError(f"must divide the per-process batch of {per_rank} (batch_size {t.batch_size} over "
+                              f"{world} processes)", field="train.micro_batch_size")
+        return micro, per_rank // micro
+
     def _objective_kind(self) -> str:
         kind = self.config.objective.kind
         natural = {"text": "next_token", "sft": "sft", "dpo": "dpo"}[self.task]
@@ -220,7 +242,8 @@ class Trainer:
             self.monitor_examples = load_examples(c.objective.monitor, "val", "dpo", self.tokenizer,
                                                   c.model.block_size, BadRows(skip=True))
         if self.task == "text":
-            self.train_data = TokenWindows(self.data_dir / "train.bin", c.model.block_size, seed=c.train.seed)
+            self.train_data = TokenWindows(self.data_dir / "train.bin", c.model.block_size, seed=c.train.seed,
+                                           rank=self.distributed.rank, world_size=self.distributed.world_size)
             self.val_tokens, self.val_kinds = load_split(self.data_dir, "val")
             check_split(self.val_tokens, self.data_dir / "val.bin", c.model.vocab_size, c.model.block_size)
             return
@@ -230,7 +253,8 @@ class Trainer:
         bad.report(self.log)
         if train.truncated:
             self.log(f"note: {train.truncated} training examples were cut to fit the context of {c.model.block_size}")
-        self.train_data = ExampleBatches(train, self.tokenizer.eos_id, seed=c.train.seed)
+        self.train_data = ExampleBatches(train, self.tokenizer.eos_id, seed=c.train.seed, rank=self.distributed.rank,
+                                         world_size=self.distributed.world_size)
 
     def _reference_log_probs(self) -> None:
         """DPO with a precomputed reference: the starting policy's log-probabilities, once, before training
@@ -281,9 +305,11 @@ class Trainer:
         elif last.exists():
             raise PicolmError("already holds a run; resume it with --resume or choose another --out",
                               path=self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.run_dir / "config.yaml")
-        self.tokenizer.save(self.run_dir / "tokenizer")
+        with self.distributed.main_first():
+            if self.distributed.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                save_config(self.config, self.run_dir / "config.yaml")
+                self.tokenizer.save(self.run_dir / "tokenizer")
 
     def _restore(self, state: dict) -> None:
         if state["architecture"] != self.config.model.arch:
@@ -296,9 +322,9 @@ class Trainer:
         if saved_optimizer != self.config.train.optimizer:
             raise PicolmError(f"cannot change it when resuming (the run has {saved_optimizer!r})",
                               path=self.run_dir, field="train.optimizer")
-        self.model.load_state_dict(state["model_state_dict"])
+        load_full_model_state(self.model, state["model_state_dict"], self.distributed)
         for optimizer, saved in zip(self.optimizers, state["optimizer_state_dict"], strict=True):
-            load_optimizer_state(optimizer, saved)
+            load_full_optimizer_state(self.model, optimizer, saved, self.distributed)
         if state.get("scaler_state_dict"):
             self.scaler.load_state_dict(state["scaler_state_dict"])
         self.global_step, self.tokens_seen = state["global_step"], state["tokens_seen"]
@@ -311,17 +337,26 @@ class Trainer:
                                 ("val", getattr(self, "val_examples", None))):
             if split in state.get("reference_log_probs", {}):
                 examples.reference = state["reference_log_probs"][split]
-        torch.set_rng_state(state["rng_state"]["torch"].cpu())
-        if self.device.type == "cuda" and state["rng_state"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_state"]["cuda"].cpu())
+        rng = state["rng_state"]
+        ranks = rng.get("ranks") or []
+        if len(ranks) == self.distributed.world_size:  # each rank's own generators (a distributed run)
+            rng = ranks[self.distributed.rank]
+        elif self.distributed.rank:  # another world size: rank 0 continues, the others start afresh
+            rng = {"torch": torch.Generator().manual_seed(self.config.train.seed + self.distributed.rank).get_state()}
+        torch.set_rng_state(rng["torch"].cpu())
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"].cpu())
         self.log(f"resumed {self.run_dir} at step {self.global_step}")
 
     def checkpoint_state(self) -> dict:
+        """Everything a resume needs, with full weights; under torchrun every rank must call it (it gathers)."""
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None}
+        ranks = self.distributed.gather(rng) if self.distributed.active else None
         return {
             "architecture": self.config.model.arch,
             "model_config": self._model_config_for_checkpoint(),
-            "model_state_dict": self.model.state_dict(),
-            "optimizer_state_dict": [o.state_dict() for o in self.optimizers],
+            "model_state_dict": full_model_state(self.model, self.distributed),
+            "optimizer_state_dict": [full_optimizer_state(self.model, o, self.distributed) for o in self.optimizers],
             "scaler_state_dict": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "train_config": self.config.to_dict(),
             "global_step": self.global_step,
@@ -331,12 +366,26 @@ class Trainer:
             "best_loss": self.best_loss,
             "evals_without_improvement": self.evals_without_improvement,
             "elapsed_seconds": self.elapsed,
-            "rng_state": {"torch": torch.get_rng_state(),
-                          "cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None},
+            "rng_state": {**rng, "ranks": ranks},
             "data_state": self.train_data.state_dict(),
             "reference_log_probs": self._saved_reference(),
             "tokenizer": self.tokenizer.to_dict(),
         }
+
+    def save(self, *names: str) -> None:
+        """checkpoints/{name}.pt for each name, with its weights as {name}.safetensors; written by rank 0 alone."""
+        state = self.checkpoint_state()
+        for name in names if self.distributed.is_main else ():
+            path = self.run_dir / "checkpoints" / f"{name}.pt"
+            save_weights(state, path.with_suffix(".safetensors"))
+            save_checkpoint(state, path)
+
+    def close(self, failed: bool = False) -> None:
+        """Leave the torchrun process group (nothing to do in one process); the trainer is done with. After a
+        failure on this rank there is no waiting for the others: torchrun stops them when this process exits."""
+        if self.distributed.active:
+            self.train_model = self.model = self.optimizers = None
+        self.distributed.close(wait=not failed)
 
     def _model_config_for_checkpoint(self) -> dict:
         if self.config.model.arch == "hf":
@@ -363,24 +412,44 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, micro_batches: int, micro_size: int) -> tuple[dict, int]:
-        """One optimizer step over `micro_batches` forward/backward passes; returns its metrics and the tokens it
-        read. Only the loss is read back each step (for the NaN check); the other metrics stay tensors until
-        they are logged."""
-        loss_sum = torch.zeros((), device=self.device)
-        sums, counts, tokens = {}, {}, 0
-        for _ in range(micro_batches):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in self.train_data.next_batch(micro_size).items()}
+    def accumulate_gradients(self) -> tuple[dict[str, tuple[float, float]], int]:
+        """Forward and backward over this step's micro-batches, leaving in `.grad` the gradient of the mean loss
+        over the whole step's batch (all micro-batches of all ranks, weighted by what each loss averages: tokens,
+        pairs); returns the step's metrics as (sum, count) over all ranks, and the tokens read."""
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for i in range(self.micro_batches):
+            batch = {k: v.to(self.device, non_blocking=True)
+                     for k, v in self.train_data.next_batch(self.micro_size).items()}
             tokens += batch["input_ids"].numel()
-            with self.autocast():
-                loss, metrics = self.objective.loss(self.model, batch)
-            self.scaler.scale(loss / micro_batches).backward()
-            loss_sum += loss.detach()
+            with self.distributed.no_sync(self.train_model, last=i == self.micro_batches - 1):
+                with self.autocast():
+                    loss, metrics = self.objective.loss(self.train_model, batch)
+                # the sum, not the mean: micro-batches (and ranks) that count more tokens weigh more
+                weighted = loss * metrics["loss"][1]
+                self.scaler.scale(weighted).backward()
+            metrics["loss"] = (weighted, metrics["loss"][1])
             for name, (total, count) in metrics.items():
-                if name != "loss":
-                    sums[name] = sums.get(name, 0) + total.detach()
-                    counts[name] = counts.get(name, 0) + count
-        loss_value = loss_sum.item() / micro_batches
+                sums[name] = sums.get(name, 0) + total.detach()
+                counts[name] = counts.get(name, 0) + count
+        names = list(sums)
+        reduced = self.distributed.sum(torch.stack([torch.as_tensor(v, device=self.device, dtype=torch.float32)
+                                                    for name in names for v in (sums[name], counts[name])]))
+        values = reduced.tolist()  # the step's one read-back from the device
+        step = {name: (values[2 * i], values[2 * i + 1]) for i, name in enumerate(names)}
+        # ranks' gradients arrive averaged (DDP, FSDP): world_size / count turns their sum into the step's mean
+        scale = self.distributed.world_size / max(step["loss"][1], 1)
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        return step, tokens * self.distributed.world_size
+
+    def train_step(self) -> tuple[dict, int]:
+        """One optimizer step over the step's batch; returns its metrics and the tokens read (all ranks)."""
+        step, tokens = self.accumulate_gradients()
+        total, count = step.pop("loss")
+        loss_value = total / max(count, 1)
         if not math.isfinite(loss_value):
             raise TrainingStopped(f"loss became {loss_value} at step {self.global_step + 1}; the last good "
                                   f"checkpoint is kept in {self.run_dir / 'checkpoints'}. Try a lower "
@@ -394,9 +463,11 @@ class Trainer:
         self.scaler.update()
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        result = {"train/loss": loss_value, "train/grad_norm": grad_norm}
-        for name, total in sums.items():
-            result[name if "/" in name else f"train/{name}"] = total / counts[name].clamp(min=1)
+        full = getattr(grad_norm, "full_tensor", None)  # FSDP: a DTensor
+        result = {"train/loss": loss_value, "train/grad_norm": full() if full else grad_norm}
+        for name, (total, count) in step.items():
+            if count:  # e.g. sdd's ignore_acc on a step without padding: nothing to report
+                result[name if "/" in name else f"train/{name}"] = total / count
         return result, tokens
 
     def evaluate(self) -> dict[str, float]:
@@ -442,7 +513,8 @@ class Trainer:
         return {"monitor/logps/chosen": chosen_sum / n, "monitor/logps/rejected": rejected_sum / n}
 
     def fit(self) -> TrainResult:
-        tracker = Tracker(self.run_dir, self.config, resume_step=self.global_step if self.global_step else None)
+        tracker = (Tracker(self.run_dir, self.config, resume_step=self.global_step if self.global_step else None)
+                   if self.distributed.is_main else QuietTracker())
         progress = self._progress_bar(self.total_steps())
         self.model.train()
         start_step = self.global_step
@@ -451,7 +523,7 @@ class Trainer:
                 stop_reason, val_metrics = self._loop(tracker, progress, stop)
             if stop_reason == "interrupted":
                 # best.pt and the patience count stay as an uninterrupted run would have them
-                save_checkpoint(self.checkpoint_state(), self.run_dir / "checkpoints" / "last.pt")
+                self.save("last")
             if not val_metrics:
                 val_metrics = self.evaluate()
                 if stop_reason != "interrupted" and self.global_step > start_step:
@@ -462,10 +534,9 @@ class Trainer:
             tracker.close()
         return TrainResult(self.run_dir, self.global_step, self.best_metric, val_metrics, stop_reason)
 
-    def _loop(self, tracker: Tracker, progress, stop: StopFlag) -> tuple[str, dict]:
+    def _loop(self, tracker: Tracker | QuietTracker, progress, stop: StopFlag) -> tuple[str, dict]:
         """Train until a limit; returns why it stopped and the evaluation of the final step, if it had one."""
         t = self.config.train
-        micro = t.micro_batch_size or t.batch_size
         total = self.total_steps()
         warmup = warmup_steps(t, total)
         budget = t.max_minutes * 60 if t.max_minutes is not None else None
@@ -473,9 +544,11 @@ class Trainer:
         session_start, elapsed_before = time.perf_counter(), self.elapsed
         window_start, tokens_in_window = session_start, 0
         while True:
+            # every rank must stop at the same step: a time budget or Ctrl-C seen by one is agreed by all
+            out_of_time, interrupted = self.distributed.agree(
+                [budget is not None and self.elapsed >= budget, stop.requested], self.device)
             reason = ("max_steps" if total is not None and self.global_step >= total else
-                      "max_minutes" if budget is not None and self.elapsed >= budget else
-                      "interrupted" if stop.requested else None)
+                      "max_minutes" if out_of_time else "interrupted" if interrupted else None)
             if reason:
                 return reason, val_metrics if evaluated_step == self.global_step else {}
             fraction = self.global_step / total if total else self.elapsed / budget
@@ -483,7 +556,7 @@ class Trainer:
             set_lr(self.optimizers, factor)
             if hasattr(self.objective, "set_progress"):  # a curriculum (sdd's k)
                 self.objective.set_progress(fraction)
-            metrics, step_tokens = self.train_step(t.batch_size // micro, micro)
+            metrics, step_tokens = self.train_step()
             self.global_step += 1
             self.tokens_seen += step_tokens
             tokens_in_window += step_tokens
@@ -510,7 +583,7 @@ class Trainer:
                     return "early_stopping", val_metrics
                 window_start, tokens_in_window = time.perf_counter(), 0
             elif t.checkpoint_every and self.global_step % t.checkpoint_every == 0:
-                save_checkpoint(self.checkpoint_state(), self.run_dir / "checkpoints" / "last.pt")
+                self.save("last")
 
     def _after_eval(self, val_metrics: dict) -> bool:
         """Save checkpoints, track the best value; True when early stopping says stop."""
@@ -523,15 +596,15 @@ class Trainer:
         self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
         if improved or tie_won:
             self.best_metric, self.best_loss = value, loss
-            save_checkpoint(self.checkpoint_state(), self.run_dir / "checkpoints" / "best.pt")
-        save_checkpoint(self.checkpoint_state(), self.run_dir / "checkpoints" / "last.pt")
+        self.save(*(["best"] if improved or tie_won else []), "last")
         return 0 < t.early_stop_patience <= self.evals_without_improvement
 
     def _progress_bar(self, total: int | None):
         from tqdm.auto import tqdm
 
         return tqdm(total=total, initial=self.global_step, unit="step", dynamic_ncols=True,
-                    disable=not (self.config.log.progress and sys.stderr.isatty()), desc=self.run_dir.name)
+                    disable=not (self.config.log.progress and sys.stderr.isatty() and self.distributed.is_main),
+                    desc=self.run_dir.name)
 
     def _report(self, progress, val_metrics: dict) -> None:
         shown = ", ".join(f"{name[4:]} {val_metrics[name]:.4f}" for name in ("val/loss", "val/accuracy",
