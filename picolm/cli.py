@@ -10,8 +10,8 @@ from pathlib import Path
 
 from picolm.errors import PicolmError
 
-VERBS_HELP = ("prepare data, train (pretrain, SFT, DPO), evaluate, compare, analyze, generate, chat, serve, or run the "
-              "quickstart")
+VERBS_HELP = ("prepare data, train (pretrain, SFT, DPO), evaluate, compare, analyze, generate, chat, serve, export to "
+              "Hugging Face, or run the quickstart")
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -107,8 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data directory from `picolm prepare` (same as --data.path)")
     p.add_argument("--out", help="run directory (default runs/<data>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--init-from", metavar="RUN_DIR", help="start from this picolm run or checkpoint: its model and "
-                                                           "tokenizer (same as --train.init_from); for SFT and DPO")
+    p.add_argument("--init-from", metavar="RUN_DIR", help="start from this picolm run or checkpoint, or a GPT-2 in "
+                                                           "Hugging Face form (a hub name such as gpt2, or a folder "
+                                                           "written by save_pretrained) imported as a picolm model: "
+                                                           "its model and tokenizer (same as --train.init_from)")
     p.add_argument("--hf-model", metavar="NAME_OR_DIR", help="start from a Hugging Face causal LM instead "
                                                              "(same as --train.hf_model)")
     p.add_argument("--skip-bad-rows", action="store_true",
@@ -201,6 +203,29 @@ def _parser() -> argparse.ArgumentParser:
         if verb == "serve":
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8000)
+
+    p = verbs.add_parser("export", formatter_class=Formatter, help="write a model as a transformers folder",
+                         description="Write a run (its best, else last, checkpoint) or a checkpoint file into the new "
+                                     "folder OUT_DIR, loadable with AutoModelForCausalLM.from_pretrained(OUT_DIR) and "
+                                     "AutoTokenizer.from_pretrained(OUT_DIR): config.json, model.safetensors (float32 "
+                                     "weights), generation_config.json (EOS and padding ids) and the tokenizer "
+                                     "(tokenizer.json, tokenizer_config.json; it encodes text as picolm does).\n\n"
+                                     "The class follows the architecture:\n"
+                                     "  learned positions + GELU + LayerNorm (softmax, causal)  -> GPT2LMHeadModel\n"
+                                     "  RoPE + SwiGLU + RMSNorm (softmax, causal)               -> LlamaForCausalLM\n"
+                                     "  RoPE + GELU + LayerNorm (softmax, causal)               -> GPTNeoXForCausalLM\n"
+                                     "  a run trained from --hf-model                           -> its own class\n"
+                                     "  any other picolm model (linear attention, differential inputs, no positions,\n"
+                                     "  other MLP/norm pairs, masked diffusion, sdd)            -> PicolmForCausalLM\n"
+                                     "GPT-2, Llama and GPT-NeoX folders load without picolm installed; "
+                                     "PicolmForCausalLM needs picolm (import picolm.models.picolm_transformers, or "
+                                     "trust_remote_code=True).",
+                         epilog="examples:\n"
+                                "  picolm export runs/stories --format hf exported/stories\n"
+                                "  lm_eval --model hf --model_args pretrained=exported/stories --tasks hellaswag")
+    p.add_argument("target", metavar="RUN_DIR|CKPT", help="run directory (best checkpoint) or checkpoint file")
+    p.add_argument("out", metavar="OUT_DIR", help="folder to write (new, or empty)")
+    p.add_argument("--format", default="hf", help="hf: a Hugging Face transformers folder (the one format)")
 
     p = verbs.add_parser("quickstart", formatter_class=Formatter, help="the whole pipeline on built-in data",
                          description="Story corpus -> BPE tokenizer -> pretraining -> SFT on story specifications "
@@ -456,6 +481,17 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from picolm.export import STANDALONE, export_run
+
+    exported = export_run(args.target, args.out, args.format)
+    print(f"wrote {exported.out_dir}: {', '.join(exported.files)}")
+    needs = "" if exported.model_class in STANDALONE else " (with picolm installed)"
+    print(f"loads as {exported.model_class} with AutoModelForCausalLM.from_pretrained({str(exported.out_dir)!r})"
+          f"{needs}")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from picolm.quickstart import QuickstartOptions, run_quickstart
 
@@ -481,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb in ("train", "compare"):
             return {"train": cmd_train, "compare": cmd_compare}[args.verb](args, overrides)
         return {"prepare": cmd_prepare, "eval": cmd_eval, "generate": cmd_generate,
-                "analyze": cmd_analyze, "chat": cmd_chat, "serve": cmd_serve, "quickstart": cmd_quickstart}[args.verb](args)
+                "analyze": cmd_analyze, "chat": cmd_chat, "serve": cmd_serve, "export": cmd_export,
+                "quickstart": cmd_quickstart}[args.verb](args)
     except PicolmError as exc:
         if args.debug:
             raise

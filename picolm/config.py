@@ -14,6 +14,7 @@ ATTENTION_KINDS = ("softmax", "linear")
 FEATURE_MAP_KINDS = ("elu", "relu")  # linear attention kernels phi(x)
 POSITION_KINDS = ("learned", "rope", "none")
 MLP_KINDS = ("gelu", "swiglu")
+NORM_KINDS = ("layernorm", "rmsnorm")
 ARCHITECTURES = ("gpt", "hf", "sdd")  # hf: a Hugging Face causal LM started from with train.hf_model; sdd: sparse
 # distribution diffusion (picolm/models/sdd.py)
 
@@ -32,6 +33,7 @@ class ModelConfig:
     position: str = "learned"
     causal: bool = True
     mlp: str = "gelu"
+    norm: str = "layernorm"  # the blocks' two norms and the final one: layernorm | rmsnorm (no bias)
     tie_weights: bool = True
     rope_base: float = 10000.0
     feature_map: str = "elu"  # linear attention: phi(x) = elu(x) + 1 | relu
@@ -47,6 +49,7 @@ class ModelConfig:
             (self.attention in ATTENTION_KINDS, "attention", f"must be one of {', '.join(ATTENTION_KINDS)}"),
             (self.position in POSITION_KINDS, "position", f"must be one of {', '.join(POSITION_KINDS)}"),
             (self.mlp in MLP_KINDS, "mlp", f"must be one of {', '.join(MLP_KINDS)}"),
+            (self.norm in NORM_KINDS, "norm", f"must be one of {', '.join(NORM_KINDS)}"),
             (self.feature_map in FEATURE_MAP_KINDS, "feature_map", f"must be one of {', '.join(FEATURE_MAP_KINDS)}"),
             (self.chunk_size > 0, "chunk_size", "must be positive"),
             (self.n_layer > 0 and self.n_head > 0 and self.n_embd > 0, "n_layer", "sizes must be positive"),
@@ -162,7 +165,7 @@ class TrainConfig:
     seed: int = 1337
     num_samples: int = 4  # samples written to samples.txt at the end
     sample_tokens: int = 64
-    init_from: str = ""  # start from this picolm run directory or checkpoint (its model and tokenizer)
+    init_from: str = ""  # start from a picolm run or checkpoint, or a GPT-2 (HF folder or hub name); its tokenizer too
     hf_model: str = ""  # or from a Hugging Face causal LM: a hub name (gpt2) or a local directory
 
     def validate(self) -> None:

@@ -154,6 +154,21 @@ class SymbolTokenizer(Tokenizer):
     def to_dict(self) -> dict:
         return {**super().to_dict(), "symbols": self.symbols}
 
+    def to_tokenizers(self):
+        """The same vocabulary as a Hugging Face `tokenizers.Tokenizer` giving `encode`'s ids (with special tokens
+        left in the text, as here): numeric splits on exactly what `str.split()` splits on, char on every code
+        point. A symbol outside the vocabulary fails in both."""
+        from tokenizers import Regex, Tokenizer as RustTokenizer, decoders, models, pre_tokenizers
+
+        tok = RustTokenizer(models.WordLevel(self.index, unk_token=None))
+        if self.kind == "numeric":
+            spaces = "".join(f"\\x{{{c:x}}}" for c in range(0x110000) if chr(c).isspace())
+            tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"[{spaces}]+"), behavior="removed")
+        else:
+            tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+            tok.decoder = decoders.Fuse()
+        return tok
+
 
 def numeric_tokenizer(max_value: int) -> SymbolTokenizer:
     """One token per integer in [0, max_value]."""

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from picolm.config import ModelConfig
-from picolm.models.export import to_gpt2
-from picolm.models.gpt import GPT
+from picolm.errors import PicolmError
+from picolm.models.export import from_gpt2, to_gpt2, to_llama, to_neox
+from picolm.models.gpt import GPT, NORM_EPS
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -31,6 +32,76 @@ def test_logits_match_transformers_gpt2():
     with torch.no_grad():
         ours, theirs = model(idx), hf(idx).logits
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_gpt2_export_then_import_is_exact():
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(tie_weights=False)))
+    back = from_gpt2(to_gpt2(model))
+    assert back.config == model.config
+    for name, weight in model.state_dict().items():
+        assert torch.equal(back.state_dict()[name], weight), name
+
+
+LLAMA = dict(position="rope", mlp="swiglu", norm="rmsnorm", rope_base=500.0)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_logits_match_transformers_llama(bias, tie_weights):
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(bias=bias, tie_weights=tie_weights, **LLAMA)))
+    hf = to_llama(model)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    c = hf.config
+    assert (c.rope_parameters["rope_theta"], c.rms_norm_eps, c.attention_bias, c.mlp_bias, c.head_dim,
+            c.tie_word_embeddings) == (500.0, NORM_EPS, bias, bias, 8, tie_weights)
+    idx = torch.randint(0, 97, (3, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_logits_match_transformers_gpt_neox(bias, tie_weights):
+    """RoPE + GELU + LayerNorm: GPT-NeoX with sequential residuals and rotary on the whole head."""
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(bias=bias, tie_weights=tie_weights, position="rope", rope_base=300.0)))
+    hf = to_neox(model)
+    assert type(hf).__name__ == "GPTNeoXForCausalLM" and not hf.config.use_parallel_residual
+    idx = torch.randint(0, 97, (3, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf(idx).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    (dict(LLAMA, norm="layernorm"), "model.norm is 'layernorm', Llama needs 'rmsnorm'"),
+    (dict(LLAMA, mlp="gelu"), "model.mlp is 'gelu', Llama needs 'swiglu'"),
+    (dict(LLAMA, attention="linear"), "model.attention is 'linear', Llama needs 'softmax'"),
+    (dict(LLAMA, differential=True), "model.differential is True, Llama needs False"),
+])
+def test_llama_export_refuses_other_networks(settings, reason):
+    with pytest.raises(PicolmError, match=reason):
+        to_llama(GPT(small_config(**settings)))
+    with pytest.raises(PicolmError, match="GPT-2 needs"):
+        to_gpt2(GPT(small_config(**settings)))
+    with pytest.raises(PicolmError, match="GPT-NeoX needs"):
+        to_neox(GPT(small_config(**settings)))
+
+
+def test_rmsnorm_option_normalises_blocks_and_output():
+    torch.manual_seed(0)
+    model = randomised(GPT(small_config(norm="rmsnorm")))
+    norms = [model.ln_f] + [block.ln_1 for block in model.blocks] + [block.ln_2 for block in model.blocks]
+    assert all(isinstance(n, torch.nn.RMSNorm) and n.eps == NORM_EPS for n in norms)
+    x = torch.randn(2, 5, 32)
+    expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + NORM_EPS) * model.ln_f.weight
+    torch.testing.assert_close(model.ln_f(x), expected)
+    assert not any(name.endswith("ln_f.bias") for name, _ in model.named_parameters())
+    model.init_weights()  # what PicolmForCausalLM runs for weights a checkpoint lacks: RMSNorm scales back to one
+    assert all(torch.equal(n.weight, torch.ones(32)) for n in norms)
+    with pytest.raises(PicolmError, match="model.norm: must be one of layernorm, rmsnorm"):
+        small_config(norm="batchnorm").validate()
 
 
 

@@ -65,6 +65,13 @@ def test_the_input_is_the_probability_weighted_sum_of_candidate_embeddings():
     torch.testing.assert_close(x, manual + m.position.wpe.weight[:10])
 
 
+def test_candidate_attention_norms_follow_model_norm():
+    assert isinstance(model().candidate_attn.ln_query, torch.nn.LayerNorm)
+    rms = model(norm="rmsnorm")
+    assert all(isinstance(n, torch.nn.RMSNorm) for n in (rms.candidate_attn.ln_query, rms.candidate_attn.ln_candidate,
+                                                           rms.ln_f, rms.blocks[0].ln_1))
+
+
 @pytest.mark.parametrize("position", ["learned", "rope"])
 def test_a_candidate_with_zero_probability_is_invisible(position):
     m = model(position)

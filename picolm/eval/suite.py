@@ -166,12 +166,12 @@ class RunEvaluation:
                 **{f"length/{k}": v for k, v in metrics.items() if k.startswith(f"accuracy_after_{WARMUP_NUMBERS}")}}
 
     def _reference_model(self):
-        from picolm.models.loading import load_model
+        from picolm.models.loading import load_start
 
         source = self.request.reference or self.train_config.get("train", {}).get("init_from")
         if not source or not Path(source).exists():
             return None, None
-        return load_model(source, device=self.device).model, str(source)
+        return load_start(source, device=self.device).model, str(source)
 
     def preference(self) -> dict:
         pairs_dir = self.request.pairs or self.data_dir

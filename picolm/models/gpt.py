@@ -15,6 +15,16 @@ from picolm.models.linear_cross_entropy import linear_cross_entropy, linear_log_
 from picolm.models.position import LearnedPosition, build_position
 
 
+NORM_EPS = 1e-5  # GPT-2's LayerNorm epsilon; RMSNorm uses it too (Llama 2's rms_norm_eps)
+
+
+def build_norm(config: ModelConfig) -> nn.Module:
+    """`model.norm`: LayerNorm (with a bias when model.bias) or RMSNorm (a scale only)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=NORM_EPS)
+    return nn.LayerNorm(config.n_embd, eps=NORM_EPS, bias=config.bias)
+
+
 class DecodeCache(list):
     """One decoding state per layer (keys and values, or a recurrent state), plus the last token embedding."""
 
@@ -54,9 +64,9 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = build_norm(config)
         self.attn = build_attention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = build_norm(config)
         self.mlp = SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -76,7 +86,7 @@ class GPT(nn.Module):
         self.position = build_position(config)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = build_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
@@ -98,9 +108,9 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             nn.init.ones_(module.weight)
-            if module.bias is not None:
+            if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
     def num_params(self, exclude_position: bool = True) -> int:

@@ -20,6 +20,8 @@ from torch import nn
 
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
+from picolm.models.export import from_gpt2
+from picolm.models.gpt import GPT
 from picolm.models.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy, linear_log_probs
 from picolm.tokenizer import HFTokenizer, Tokenizer, hub_tokenizer
 
@@ -178,27 +180,38 @@ class HFCausalLM(nn.Module):
 
 
 # -- loading ------------------------------------------------------------------------------------------
-def _is_hub_id(name: str) -> bool:
-    return bool(HUB_ID.match(name)) and not name.startswith((".", "~"))
+def is_hub_name(name: str) -> bool:
+    """Whether `name` reads as a hub repository (gpt2, org/model) rather than a path inside a local folder."""
+    return (bool(HUB_ID.match(name)) and not name.startswith((".", "~"))
+            and not ("/" in name and Path(name.split("/")[0]).is_dir()))
 
 
-def _pretrained_source(name_or_dir: str) -> tuple[str, bool]:
+def pretrained_source(name_or_dir: str, field: str = FIELD) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is a local folder); a path that is no folder is an error."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise PicolmError("no config.json in this folder (expected one written by save_pretrained)", path=path,
-                              field=FIELD)
+                              field=field)
         return str(path), True
     if path.exists():
         raise PicolmError("not a folder (expected a hub name such as gpt2, or a folder written by save_pretrained)",
-                          path=path, field=FIELD)
-    if not _is_hub_id(name_or_dir) or ("/" in name_or_dir and Path(name_or_dir.split("/")[0]).is_dir()):
-        raise PicolmError("no such folder", path=path, field=FIELD)  # not a hub name, or a path in a local folder
+                          path=path, field=field)
+    if not is_hub_name(name_or_dir):
+        raise PicolmError("no such folder", path=path, field=field)  # not a hub name, or a path in a local folder
     return name_or_dir, False
 
 
-def _load_tokenizer(source: str, local: bool) -> HFTokenizer:
+def _load_error(exc: Exception, source: str, local: bool, field: str) -> PicolmError:
+    """One line for a failed `from_pretrained`: missing files, no network, corrupt weights."""
+    if isinstance(exc, OSError):
+        where = "read the model" if local else "load it from the Hugging Face hub (without internet, pass a " \
+                                               "folder written by save_pretrained)"
+        return PicolmError(f"could not {where}: {_first_line(exc)}", path=source, field=field)
+    return PicolmError(f"could not load the model ({_first_line(exc)})", path=source, field=field)
+
+
+def load_pretrained_tokenizer(source: str, local: bool, field: str = FIELD) -> HFTokenizer:
     """tokenizer.json of the folder (or the hub repo, through the transformers cache), else whatever
     `AutoTokenizer` can convert to a fast tokenizer (a folder with only vocab.json + merges.txt, say)."""
     tok_file = Path(source) / "tokenizer.json" if local else None
@@ -214,32 +227,32 @@ def _load_tokenizer(source: str, local: bool) -> HFTokenizer:
         try:
             return hub_tokenizer(str(tok_file))
         except PicolmError as exc:
-            raise PicolmError(f"{tok_file.name}: {exc}", path=source, field=FIELD) from None
+            raise PicolmError(f"{tok_file.name}: {exc}", path=source, field=field) from None
     # transformers 5 makes an empty tokenizer out of nothing for a folder holding none: look for its files first
     if local and not any((Path(source) / name).is_file() for name in VOCABULARY_FILES):
         raise PicolmError(f"no tokenizer here (expected a tokenizer.json, or one of {', '.join(VOCABULARY_FILES[1:])})",
-                          path=source, field=FIELD)
+                          path=source, field=field)
     try:
         from transformers import AutoTokenizer
 
         backend = getattr(AutoTokenizer.from_pretrained(source), "backend_tokenizer", None)
     except Exception as exc:
         raise PicolmError(f"could not load the tokenizer ({_first_line(exc)}); save a tokenizer.json beside the "
-                          "model", path=source, field=FIELD) from None
+                          "model", path=source, field=field) from None
     if backend is None or backend.get_vocab_size() < 2:
         raise PicolmError("no usable fast (tokenizers) tokenizer; save a tokenizer.json beside the model",
-                          path=source, field=FIELD)
+                          path=source, field=field)
     try:
         return HFTokenizer(backend, "hf")
     except PicolmError as exc:
-        raise PicolmError(str(exc), path=source, field=FIELD) from None
+        raise PicolmError(str(exc), path=source, field=field) from None
 
 
 def load_hf_model(name_or_dir: str) -> tuple[HFCausalLM, Tokenizer]:
     """A hub name (gpt2) or a folder written by `save_pretrained` -> (model in float32, its tokenizer).
 
     The model comes back as `from_pretrained` leaves it (eval mode); train mode is the caller's business."""
-    source, local = _pretrained_source(str(name_or_dir))
+    source, local = pretrained_source(str(name_or_dir))
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
@@ -249,13 +262,38 @@ def load_hf_model(name_or_dir: str) -> tuple[HFCausalLM, Tokenizer]:
     except ValueError as exc:  # unknown model_type, or a config with no causal-LM class
         raise PicolmError(f"not a causal language model transformers can build ({_first_line(exc)})", path=source,
                           field=FIELD) from None
-    except OSError as exc:  # missing files or repo, no network
-        where = "read the model" if local else "load it from the Hugging Face hub (without internet, pass a " \
-                                               "folder written by save_pretrained)"
-        raise PicolmError(f"could not {where}: {_first_line(exc)}", path=source, field=FIELD) from None
-    except Exception as exc:  # corrupt weights and the like
-        raise PicolmError(f"could not load the model ({_first_line(exc)})", path=source, field=FIELD) from None
-    return HFCausalLM(hf_model), _load_tokenizer(source, local)
+    except Exception as exc:
+        raise _load_error(exc, source, local, FIELD) from None
+    return HFCausalLM(hf_model), load_pretrained_tokenizer(source, local)
+
+
+def load_gpt2(name_or_dir: str, field: str = "train.init_from") -> tuple[GPT, Tokenizer]:
+    """A GPT-2 in Hugging Face form (a hub name such as gpt2, or a folder written by `save_pretrained`) as a native
+    picolm GPT (`from_gpt2`, eval mode) and its tokenizer; any other model_type is refused."""
+    source, local = pretrained_source(str(name_or_dir), field)
+    try:
+        from transformers import AutoConfig, GPT2LMHeadModel
+    except ImportError:
+        raise PicolmError("importing GPT-2 needs the package transformers", field=field) from None
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except ValueError as exc:  # no or an unknown model_type
+        raise PicolmError(f"not a model config transformers knows ({_first_line(exc)})", path=source,
+                          field=field) from None
+    except Exception as exc:
+        raise _load_error(exc, source, local, field) from None
+    if config.model_type != "gpt2":
+        raise PicolmError(f"model_type is {config.model_type!r}: --init-from takes picolm runs and GPT-2 checkpoints; "
+                          "start from any other Hugging Face causal LM with --hf-model", path=source, field=field)
+    try:
+        hf_model = GPT2LMHeadModel.from_pretrained(source, config=config, dtype=torch.float32)
+    except Exception as exc:
+        raise _load_error(exc, source, local, field) from None
+    try:
+        model = from_gpt2(hf_model)
+    except PicolmError as exc:
+        raise PicolmError(str(exc), path=source, field=field) from None
+    return model, load_pretrained_tokenizer(source, local, field)
 
 
 # -- checkpoints --------------------------------------------------------------------------------------

@@ -53,10 +53,26 @@ def load_model(target: str | Path, device="cpu") -> LoadedModel:
     return LoadedModel(model, tokenizer_from_dict(state["tokenizer"]), state, path)
 
 
+def load_start(source: str, device="cpu") -> LoadedModel:
+    """What `train.init_from` names: a picolm run directory or checkpoint, or a GPT-2 in Hugging Face form (a folder
+    written by save_pretrained, or a hub name such as gpt2) imported as a native picolm GPT."""
+    from picolm.models.hf import is_hub_name, load_gpt2
+
+    path = Path(source).expanduser()
+    hf_folder = path.is_dir() and (path / "config.json").is_file()
+    if not hf_folder and (path.exists() or not is_hub_name(source)):
+        return load_model(path, device)
+    model, tokenizer = load_gpt2(source)
+    return LoadedModel(model.to(device), tokenizer, {}, path)
+
+
 def describe_mismatch(expected: ModelConfig, found: dict) -> str | None:
-    """The first field where a checkpoint's model config differs from the expected one."""
+    """The first field where a checkpoint's model config differs from the expected one (a field added after the
+    checkpoint was written counts as its default)."""
+    defaults = asdict(ModelConfig())
     for name, value in asdict(expected).items():
-        if found.get(name) != value:
-            return f"model.{name} is {value!r} here but {found.get(name)!r} in the checkpoint"
+        theirs = found.get(name, defaults[name])
+        if theirs != value:
+            return f"model.{name} is {value!r} here but {theirs!r} in the checkpoint"
     return None
 

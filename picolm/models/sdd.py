@@ -45,7 +45,7 @@ from torch.utils.checkpoint import checkpoint
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
 from picolm.models.diffusion import antithetic_times
-from picolm.models.gpt import GPT
+from picolm.models.gpt import GPT, build_norm
 from picolm.models.position import apply_rotary
 
 SDD_METRICS = ("loss", "accuracy", "ignore_acc")
@@ -72,8 +72,8 @@ class CandidateAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_head, self.dropout = config.n_head, config.dropout
-        self.ln_query = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.ln_candidate = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_query = build_norm(config)
+        self.ln_candidate = build_norm(config)
         self.query = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.key_value = nn.Linear(config.n_embd, 2 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)

@@ -21,7 +21,7 @@ from picolm.errors import PicolmError, TrainingStopped
 from picolm.eval.lm import evaluate_tokens, evaluation_metric_names, load_split
 from picolm.models.diffusion import evaluate_nelbo, is_diffusion
 from picolm.models.sdd import SDD_METRICS, evaluate_sdd, prepare_vocabulary
-from picolm.models.loading import (LoadedModel, build_model, describe_mismatch, load_model,
+from picolm.models.loading import (LoadedModel, build_model, describe_mismatch, load_start,
                                    model_config_from_checkpoint)
 from picolm.tokenizer import load_tokenizer
 from picolm.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
@@ -172,8 +172,8 @@ class Trainer:
         return kind
 
     def _starting_model(self, resume: bool):
-        """The picolm checkpoint (`train.init_from`) or Hugging Face model (`train.hf_model`) to start from; its
-        model config replaces the recipe's."""
+        """The picolm checkpoint or GPT-2 (`train.init_from`) or Hugging Face model (`train.hf_model`) to start from;
+        its model config replaces the recipe's."""
         t = self.config.train
         if t.hf_model:  # rebuilt on resume too: the checkpoint then replaces its weights
             from picolm.models.hf import load_hf_model
@@ -190,13 +190,15 @@ class Trainer:
             if last.is_file():
                 self.config.model = model_config_from_checkpoint(load_checkpoint(last, mmap=True), last)
             return None
-        loaded = load_model(t.init_from)
+        loaded = load_start(t.init_from)
         if is_diffusion(loaded.model) != self.diffusion:
             why = ("masked diffusion starts from scratch or from a masked-diffusion run, not a left-to-right model"
                    if self.diffusion else "a masked-diffusion model trains on only with objective.kind mdlm")
             raise PicolmError(why, field="train.init_from")
         self.config.model = loaded.model.config
-        self.log(f"starting from {loaded.path} (step {loaded.checkpoint.get('global_step', 0)})")
+        origin = f"step {loaded.checkpoint.get('global_step', 0)}" if loaded.checkpoint \
+            else "a GPT-2 imported as a picolm model"
+        self.log(f"starting from {loaded.path} ({origin})")
         return loaded
 
     def _tokenizer(self, start, resume: bool):
