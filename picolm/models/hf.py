@@ -255,6 +255,8 @@ def load_hf_model(name_or_dir: str) -> tuple[HFCausalLM, Tokenizer]:
     source, local = pretrained_source(str(name_or_dir))
     try:
         from transformers import AutoModelForCausalLM
+
+        import picolm.models.picolm_transformers  # noqa: F401  (registers model_type picolm: exported picolm models)
     except ImportError:
         raise PicolmError("starting from a Hugging Face model needs the package transformers", field=FIELD) from None
     try:
