@@ -108,10 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="tokens per train shard (200 MB as uint16)")
     streamed.add_argument("--tokenizer-sample-mb", type=float, default=64.0,
                           help="the BPE learns from the first this many MB of train documents")
-    streamed.add_argument("--workers", type=int, default=0,
-                          help="encoding processes; 0 encodes in the main process on the tokenizer's threads over "
-                               "all cores (as fast on 2 cores and a third of the memory; more processes may help on "
-                               "many cores)")
+    streamed.add_argument("--workers", type=int, default=None,
+                          help="encoding processes, each with the tokenizer (default: one per core); 0 encodes in "
+                               "the main process on the tokenizer's threads (slower, about 160 MB less memory)")
 
     p = verbs.add_parser("train", formatter_class=Formatter, help="train a model into a run directory",
                          description="Train from defaults, a YAML recipe and dotted overrides, e.g.\n"

@@ -55,7 +55,7 @@ class PrepareOptions:
     stream: bool | None = None  # None: stream the web sources (openwebtext, fineweb), load anything else whole
     shard_tokens: int = 100_000_000  # streamed: tokens per train shard (200 MB as uint16)
     tokenizer_sample_mb: float = 64.0  # streamed: the BPE learns from the first this many MB of train documents
-    workers: int = 0  # streamed: encoding processes; 0 encodes here, on the tokenizer's threads over all cores
+    workers: int | None = None  # streamed: encoding processes (default one per core); 0 encodes in this process
 
 
 def _header(itemsize: int, count: int) -> bytes:
@@ -181,13 +181,13 @@ def token_dtype(tokenizer: Tokenizer) -> type:
     return np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
 
 
-def encode_split(tokenizer: Tokenizer, records: list[dict], kinds: list[str] | None):
+def encode_split(tokenizer: Tokenizer, records: list[dict], kinds: list[str] | None, threads: int | None = None):
     """Token ids with EOS after each document, and the per-token kind ids when records have kinds."""
     dtype = token_dtype(tokenizer)
     pieces, kind_pieces = [], []
     for start in range(0, len(records), ENCODE_BATCH):
         batch = records[start:start + ENCODE_BATCH]
-        encoded = tokenizer.encode_batch([r["text"] for r in batch])
+        encoded = tokenizer.encode_batch([r["text"] for r in batch], threads)
         for ids in encoded:
             ids.append(tokenizer.eos_id)
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
@@ -206,13 +206,14 @@ def default_tokenizer(source: str) -> str:
 def with_defaults(options: PrepareOptions) -> PrepareOptions:
     """The options with source-dependent defaults filled in and the streaming settings checked."""
     web = options.source in HUB_SOURCES and HUB_SOURCES[options.source].streaming
-    for name, value, least in (("--shard-tokens", options.shard_tokens, 1), ("--workers", options.workers, 0)):
+    workers = (os.cpu_count() or 1) if options.workers is None else options.workers
+    for name, value, least in (("--shard-tokens", options.shard_tokens, 1), ("--workers", workers, 0)):
         if value < least:
             raise PicolmError(f"must be at least {least}, got {value}", field=name)
     if options.tokenizer_sample_mb <= 0:
         raise PicolmError(f"must be positive, got {options.tokenizer_sample_mb}", field="--tokenizer-sample-mb")
     return replace(options, vocab_size=options.vocab_size or (WEB_VOCAB_SIZE if web else VOCAB_SIZE),
-                   stream=web if options.stream is None else options.stream)
+                   stream=web if options.stream is None else options.stream, workers=workers)
 
 
 def prepare(options: PrepareOptions, log=print) -> dict:

@@ -1,7 +1,7 @@
 """Streamed preparation, for corpora larger than memory (the web sources, large local text files).
 
-Documents flow from `stream_source` in batches of about a megabyte to the encoder (the tokenizer's batch call on
-threads over all cores, or `workers` processes each with its own tokenizer) and from it, in order, to buffered
+Documents flow from `stream_source` in batches of about a megabyte to `workers` encoding processes, each with its
+own tokenizer (0: the tokenizer's batch call, on threads, in this process), and from them, in order, to buffered
 writers: the train tokens into shards of `shard_tokens` tokens (`train-00000.bin`, ...), val and test into single
 files. Nothing holds the corpus, so peak memory does not grow with it. A document's split is a keyed hash of its
 text: the same at any worker count, order or `--limit`, and exact duplicates never straddle train and val. The BPE
@@ -42,23 +42,24 @@ class BatchEncoder:
     """A batch of documents -> for each split, its token array (EOS after each document) and document count,
     and the batch's UTF-8 bytes. Runs here, or in each worker process with its own copy of the tokenizer."""
 
-    def __init__(self, tokenizer: Tokenizer, seed: int, ratios: tuple[float, float, float]):
-        self.tokenizer, self.seed, self.ratios = tokenizer, seed, ratios
+    def __init__(self, tokenizer: Tokenizer, seed: int, ratios: tuple[float, float, float],
+                 threads: int | None = None):
+        self.tokenizer, self.seed, self.ratios, self.threads = tokenizer, seed, ratios, threads
 
     def __call__(self, texts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int], int]:
         records: dict[str, list[dict]] = {name: [] for name in SPLITS}
         for text in texts:
             records[held_out_split(text, self.seed, self.ratios)].append({"text": text})
-        tokens = {name: encode_split(self.tokenizer, docs, None)[0] for name, docs in records.items()}
+        tokens = {name: encode_split(self.tokenizer, docs, None, self.threads)[0] for name, docs in records.items()}
         return tokens, {name: len(docs) for name, docs in records.items()}, sum(len(t.encode()) for t in texts)
 
 
 _worker: BatchEncoder | None = None
 
 
-def _start_worker(tokenizer: dict, seed: int, ratios: tuple[float, float, float]) -> None:
+def _start_worker(tokenizer: dict, seed: int, ratios: tuple[float, float, float], threads: int | None) -> None:
     global _worker
-    _worker = BatchEncoder(tokenizer_from_dict(tokenizer), seed, ratios)
+    _worker = BatchEncoder(tokenizer_from_dict(tokenizer), seed, ratios, threads)
 
 
 def _encode_in_worker(texts: list[str]):
@@ -84,7 +85,7 @@ def encoded_batches(batches: Iterable[list[str]], encoder: BatchEncoder, workers
         yield from map(encoder, batches)
         return
     # spawn, not fork: the parent has run the tokenizers' thread pool (BPE training), which a fork would inherit
-    args = (encoder.tokenizer.to_dict(), encoder.seed, encoder.ratios)
+    args = (encoder.tokenizer.to_dict(), encoder.seed, encoder.ratios, encoder.threads)
     with multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker, initargs=args) as pool:
         pending: deque = deque()
         for batch in batches:
@@ -180,7 +181,7 @@ def prepare_stream(options: PrepareOptions, log=print) -> dict:
     _remove_earlier_output(out)
     tokenizer.save(out / "tokenizer")
     dtype = token_dtype(tokenizer)
-    encoder = BatchEncoder(tokenizer, options.seed, options.split_ratios)
+    encoder = BatchEncoder(tokenizer, options.seed, options.split_ratios, threads=1 if options.workers else None)
     documents, text_bytes = dict.fromkeys(SPLITS, 0), 0
     where = f"{options.workers} worker processes" if options.workers else "this process"
     log(f"encoding in {where}; train shards of {options.shard_tokens:,} tokens")
