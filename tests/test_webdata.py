@@ -277,6 +277,10 @@ def epoch_windows(loader) -> list[np.ndarray]:
     return [w.numpy() for w in loader.next_batch(loader.items_per_epoch // loader.world_size)["input_ids"]]
 
 
+def torch_equal(a, b) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all())
+
+
 def test_windows_come_from_every_shard_and_never_straddle_one(shard_dir):
     loader = train_windows(shard_dir, BLOCK, seed=3)
     assert loader.items_per_epoch == sum(max(0, (n - BLOCK) // BLOCK) for n in SHARD_LENGTHS)
@@ -306,10 +310,6 @@ def test_a_resumed_loader_gives_the_same_next_batches(shard_dir):
     for batch in expected:
         again = resumed.next_batch(5)
         assert all(torch_equal(batch[k], again[k]) for k in ("input_ids", "targets"))
-
-
-def torch_equal(a, b) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all())
 
 
 def test_ranks_see_disjoint_windows_that_cover_the_epoch(shard_dir):
