@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="bpe (a byte-level BPE trained here) | gpt2 | numeric | char | hf:NAME_OR_PATH (a Hugging "
                         "Face tokenizer.json, its folder, or a hub name); default: numeric for --source numeric, "
                         "else bpe")
-    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (32768 suits web-scale text)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="BPE vocabulary size (default: 32768 for openwebtext and fineweb, else 4096)")
     p.add_argument("--limit", type=int, default=None, help="use at most N documents (per split for hub sources)")
     p.add_argument("--subset-ratio", type=float, default=None, help="use this fraction of the documents")
     p.add_argument("--split-ratios", default="0.8,0.1,0.1", help="train,val,test fractions")
@@ -95,6 +96,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="hub sources: load this local copy (same files and schema) instead of the hub")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="SFT/DPO rows that cannot be used are reported and skipped instead of stopping")
+    streamed = p.add_argument_group(
+        "streaming (corpora larger than memory)",
+        "The web sources, and with --stream large .txt/.jsonl/.parquet files, are read as a stream in flat\n"
+        "memory: val and test are held out by a hash of each document (--split-ratios), the BPE learns from a\n"
+        "sample, documents are encoded in parallel, and the train tokens go to shards train-00000.bin, ...\n"
+        "listed in meta.json (val.bin and test.bin stay single files).")
+    streamed.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                          help="stream the source (default: on for openwebtext and fineweb, off otherwise)")
+    streamed.add_argument("--shard-tokens", type=int, default=100_000_000,
+                          help="tokens per train shard (200 MB as uint16)")
+    streamed.add_argument("--tokenizer-sample-mb", type=float, default=64.0,
+                          help="the BPE learns from the first this many MB of train documents")
+    streamed.add_argument("--workers", type=int, default=None,
+                          help="encoding processes, each with the tokenizer (default: one per core); 0 encodes in "
+                               "the main process on the tokenizer's threads (slower, about 160 MB less memory)")
 
     p = verbs.add_parser("train", formatter_class=Formatter, help="train a model into a run directory",
                          description="Train from defaults, a YAML recipe and dotted overrides, e.g.\n"
@@ -283,7 +299,8 @@ def cmd_prepare(args) -> int:
                              use_source_splits=not args.ignore_source_splits, seed=args.seed,
                              num_sequences=args.num_sequences, min_length=args.min_length,
                              max_length=args.max_length, max_value=args.max_value, hub_dir=args.hub_dir,
-                             skip_bad_rows=args.skip_bad_rows)
+                             skip_bad_rows=args.skip_bad_rows, stream=args.stream, shard_tokens=args.shard_tokens,
+                             tokenizer_sample_mb=args.tokenizer_sample_mb, workers=args.workers)
     meta = prepare(options)
     if meta["task"] == "text":
         print(f"wrote {args.out} (vocab {meta['vocab_size']}, {meta['encode_tokens_per_second']:,} tokens/s encoding)")

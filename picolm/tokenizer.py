@@ -27,7 +27,8 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode_batch(self, texts: list[str], threads: int | None = None) -> list[list[int]]:
+        """`threads`: how many the tokenizer may use (default: all cores), where it can use several."""
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -105,15 +106,18 @@ class HFTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encoded in parallel over all cores: by tiktoken when it can twin this BPE, else by `tokenizers`.
+    def encode_batch(self, texts: list[str], threads: int | None = None) -> list[list[int]]:
+        """Encoded in parallel over `threads` (default all cores): by tiktoken when it can twin this BPE, else
+        by `tokenizers`. One thread is a plain loop: tiktoken's batch call pays a thread-pool task per text.
 
         Texts that spell a special token such as `<|endoftext|>` go through `tokenizers`, which maps it
         to the special id (tiktoken's ordinary encoding would spell it out)."""
         if self._fast is None:  # ids follow merge order only in BPEs trained here and in GPT-2's
             self._fast = self.kind in ("bpe", "gpt2") and tiktoken_encoding(self.tok) or False
         if self._fast and not any("<|" in t for t in texts):
-            return self._fast.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
+            if threads == 1:
+                return [self._fast.encode_ordinary(t) for t in texts]
+            return self._fast.encode_ordinary_batch(texts, num_threads=threads or os.cpu_count() or 1)
         return [e.ids for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:

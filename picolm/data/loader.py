@@ -1,4 +1,4 @@
-"""Batches of (input, target) windows from a token file, resumable from a small state dict.
+"""Batches of (input, target) windows from a token file or its shards, resumable from a small state dict.
 
 Each epoch visits every non-overlapping window of `block_size + 1` tokens once, in an order drawn
 from (seed, epoch) and shifted by a per-epoch offset so window boundaries move between epochs. The
@@ -8,10 +8,12 @@ state is just (epoch, cursor), so a resumed run reads exactly the batches an uni
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from picolm.data.pack import read_tokens
+from picolm.data.pack import load_meta, read_tokens
 from picolm.errors import PicolmError
 
 
@@ -63,33 +65,57 @@ class ShuffledEpochs:
 
 
 class TokenWindows(ShuffledEpochs):
-    def __init__(self, path, block_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    """Windows of `block_size + 1` tokens from one token file or several shards, each memory-mapped. The windows
+    of all shards form one global index that epochs shuffle; a window never straddles two shards."""
+
+    def __init__(self, paths: str | Path | list, block_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         super().__init__(seed, rank, world_size)
-        self.path = path
-        self.tokens = read_tokens(path)
+        self.paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        self.shards = [read_tokens(path) for path in self.paths]
         self.block_size = block_size
+        counts = [max(0, (len(tokens) - block_size) // block_size) for tokens in self.shards]
+        self._first = np.cumsum([0, *counts])  # global index of each shard's first window
+        if self.items_per_epoch < 1 and len(self.shards) == 1:
+            raise PicolmError(f"only {len(self.shards[0])} tokens: training needs at least 2 x block_size "
+                              f"= {2 * block_size}", path=self.paths[0])
         if self.items_per_epoch < 1:
-            raise PicolmError(f"only {len(self.tokens)} tokens: training needs at least 2 x block_size "
-                              f"= {2 * block_size}", path=path)
+            raise PicolmError(f"no shard holds 2 x block_size = {2 * block_size} tokens (the largest holds "
+                              f"{max(map(len, self.shards))}); prepare with a larger --shard-tokens",
+                              path=Path(self.paths[0]).parent)
         self._offset = 0
 
     @property
     def items_per_epoch(self) -> int:
         """Windows per epoch."""
-        return (len(self.tokens) - 1 - (self.block_size - 1)) // self.block_size
+        return int(self._first[-1])
 
     def _new_epoch(self, generator: torch.Generator) -> torch.Tensor:
         self._offset = int(torch.randint(0, self.block_size, (1,), generator=generator))
         return super()._new_epoch(generator)
 
     def _item(self, index: int) -> np.ndarray:
-        start = self._offset + index * self.block_size
-        return np.asarray(self.tokens[start:start + self.block_size + 1], dtype=np.int64)
+        shard = int(np.searchsorted(self._first, index, side="right")) - 1
+        start = self._offset + (index - int(self._first[shard])) * self.block_size
+        return np.asarray(self.shards[shard][start:start + self.block_size + 1], dtype=np.int64)
 
     def next_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
         """The next `batch_size` windows of this rank as input_ids and targets."""
         batch = torch.from_numpy(np.stack(self.next_items(batch_size)))
         return {"input_ids": batch[:, :-1], "targets": batch[:, 1:]}
+
+
+def train_windows(data_dir: str | Path, block_size: int, seed: int = 0, rank: int = 0,
+                  world_size: int = 1) -> TokenWindows:
+    """The training windows of a data directory: the train shards its meta.json lists, else train.bin."""
+    data_dir = Path(data_dir)
+    shards = load_meta(data_dir).get("shards")
+    if not shards:
+        return TokenWindows(data_dir / "train.bin", block_size, seed, rank, world_size)
+    windows = TokenWindows([data_dir / s["file"] for s in shards], block_size, seed, rank, world_size)
+    for shard, tokens, path in zip(shards, windows.shards, windows.paths):
+        if len(tokens) != shard["tokens"]:
+            raise PicolmError(f"holds {len(tokens):,} tokens, but meta.json lists {shard['tokens']:,}", path=path)
+    return windows
 
 
 def check_split(tokens: np.ndarray, path, vocab_size: int, block_size: int) -> None:

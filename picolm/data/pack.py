@@ -3,6 +3,8 @@
 Token files carry a self-describing header (as llm.c's do): 256 int32 holding a magic number, the
 format version, the bytes per token and the token count, then the tokens as uint16 or uint32.
 Numeric data also gets `<split>.kind.bin`: one uint8 per token, the sequence kind it belongs to.
+Web sources and large files take the streamed path instead (`picolm/data/stream.py`): train shards, no corpus in
+memory.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import random
 import time
 from itertools import chain
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,8 @@ VERSION = 1
 HEADER_INTS = 256
 SPLITS = ("train", "val", "test")
 ENCODE_BATCH = 4096
+WRITE_BUFFER = 1 << 20  # bytes a TokenWriter gathers before each write to disk
+VOCAB_SIZE, WEB_VOCAB_SIZE = 4096, 32_768  # default BPE vocabularies: small corpora, web sources
 
 
 @dataclass
@@ -36,7 +40,7 @@ class PrepareOptions:
     source: str
     out: str
     tokenizer: str | None = None  # bpe | char | numeric | gpt2 | hf:NAME_OR_PATH; default by source
-    vocab_size: int = 4096
+    vocab_size: int | None = None  # default: WEB_VOCAB_SIZE for the web sources, else VOCAB_SIZE
     limit: int | None = None
     subset_ratio: float | None = None
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -48,16 +52,56 @@ class PrepareOptions:
     max_value: int | None = None
     hub_dir: str | None = None
     skip_bad_rows: bool = False
+    stream: bool | None = None  # None: stream the web sources (openwebtext, fineweb), load anything else whole
+    shard_tokens: int = 100_000_000  # streamed: tokens per train shard (200 MB as uint16)
+    tokenizer_sample_mb: float = 64.0  # streamed: the BPE learns from the first this many MB of train documents
+    workers: int | None = None  # streamed: encoding processes (default one per core); 0 encodes in this process
+
+
+def _header(itemsize: int, count: int) -> bytes:
+    header = np.zeros(HEADER_INTS, dtype=np.int32)
+    header[:5] = [MAGIC, VERSION, itemsize, count & 0xFFFFFFFF, count >> 32]
+    return header.tobytes()
+
+
+class TokenWriter:
+    """Appends token arrays to a token file through a buffer, so no split needs to be held whole. The header
+    is a placeholder until `close` seeks back to write the count; until then the file is `<name>.tmp`, so a
+    crash never leaves a torn token file. As a context manager it closes, or discards the file on an error."""
+
+    def __init__(self, path: Path, dtype):
+        self.path, self.dtype, self.count = Path(path), np.dtype(dtype), 0
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file = self._tmp.open("wb", buffering=WRITE_BUFFER)
+        self._file.write(_header(self.dtype.itemsize, 0))
+
+    def write(self, tokens: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
+        self.count += len(tokens)
+
+    def close(self) -> None:
+        self._file.seek(0)
+        self._file.write(_header(self.dtype.itemsize, self.count))
+        self._file.close()
+        os.replace(self._tmp, self.path)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> TokenWriter:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def write_tokens(path: Path, tokens: np.ndarray) -> None:
-    header = np.zeros(HEADER_INTS, dtype=np.int32)
-    header[:5] = [MAGIC, VERSION, tokens.dtype.itemsize, len(tokens) & 0xFFFFFFFF, len(tokens) >> 32]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.tobytes())
-    os.replace(tmp, path)
+    with TokenWriter(path, tokens.dtype) as writer:
+        writer.write(tokens)
 
 
 def read_tokens(path: str | Path) -> np.ndarray:
@@ -90,13 +134,17 @@ def split_records(data: SourceData, options: PrepareOptions) -> dict[str, list[d
         return {"train": train, "val": val, "test": test}
     records = [r for split in data.splits.values() for r in split]
     random.Random(options.seed).shuffle(records)
-    ratios = options.split_ratios
-    if any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise PicolmError(f"split ratios {ratios} must be non-negative and sum to 1", field="--split-ratios")
+    ratios = check_ratios(options.split_ratios)
     n_val, n_test = (max(1, round(len(records) * r)) if r > 0 else 0 for r in ratios[1:])
     if n_val + n_test >= len(records):
         raise PicolmError(f"only {len(records)} documents: too few to split {ratios}", field="--split-ratios")
     return {"val": records[:n_val], "test": records[n_val:n_val + n_test], "train": records[n_val + n_test:]}
+
+
+def check_ratios(ratios: tuple[float, float, float]) -> tuple[float, float, float]:
+    if any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise PicolmError(f"split ratios {ratios} must be non-negative and sum to 1", field="--split-ratios")
+    return ratios
 
 
 def subset(records: list[dict], options: PrepareOptions) -> list[dict]:
@@ -129,13 +177,17 @@ def build_tokenizer(kind: str, splits: dict[str, list[dict]], options: PrepareOp
                       field="--tokenizer")
 
 
-def encode_split(tokenizer: Tokenizer, records: list[dict], kinds: list[str] | None):
+def token_dtype(tokenizer: Tokenizer) -> type:
+    return np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+
+
+def encode_split(tokenizer: Tokenizer, records: list[dict], kinds: list[str] | None, threads: int | None = None):
     """Token ids with EOS after each document, and the per-token kind ids when records have kinds."""
-    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    dtype = token_dtype(tokenizer)
     pieces, kind_pieces = [], []
     for start in range(0, len(records), ENCODE_BATCH):
         batch = records[start:start + ENCODE_BATCH]
-        encoded = tokenizer.encode_batch([r["text"] for r in batch])
+        encoded = tokenizer.encode_batch([r["text"] for r in batch], threads)
         for ids in encoded:
             ids.append(tokenizer.eos_id)
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
@@ -151,9 +203,27 @@ def default_tokenizer(source: str) -> str:
     return "numeric" if source == "numeric" else "bpe"
 
 
+def with_defaults(options: PrepareOptions) -> PrepareOptions:
+    """The options with source-dependent defaults filled in and the streaming settings checked."""
+    web = options.source in HUB_SOURCES and HUB_SOURCES[options.source].streaming
+    workers = (os.cpu_count() or 1) if options.workers is None else options.workers
+    for name, value, least in (("--shard-tokens", options.shard_tokens, 1), ("--workers", workers, 0)):
+        if value < least:
+            raise PicolmError(f"must be at least {least}, got {value}", field=name)
+    if options.tokenizer_sample_mb <= 0:
+        raise PicolmError(f"must be positive, got {options.tokenizer_sample_mb}", field="--tokenizer-sample-mb")
+    return replace(options, vocab_size=options.vocab_size or (WEB_VOCAB_SIZE if web else VOCAB_SIZE),
+                   stream=web if options.stream is None else options.stream, workers=workers)
+
+
 def prepare(options: PrepareOptions, log=print) -> dict:
     """Write a data directory; returns its meta.json contents."""
     started = time.perf_counter()
+    options = with_defaults(options)
+    if options.stream:
+        from picolm.data.stream import prepare_stream
+
+        return prepare_stream(options, log)
     out = Path(options.out)
     source_options = {"num_sequences": options.num_sequences, "min_length": options.min_length,
                       "max_length": options.max_length, "max_value": options.max_value, "seed": options.seed}
@@ -188,24 +258,31 @@ def prepare(options: PrepareOptions, log=print) -> dict:
             kind_path.unlink(missing_ok=True)  # left by an earlier prepare into the same folder
         counts[name] = {"documents": len(splits[name]), "tokens": int(len(tokens))}
         log(f"{name}: {len(splits[name]):,} documents, {len(tokens):,} tokens")
-    meta = {
+    own_splits = "train" in data.splits and options.use_source_splits
+    meta = text_meta(options, kind, tokenizer, counts, kinds, encode_seconds, started, own_splits=own_splits)
+    write_meta(out, meta)
+    return meta
+
+
+def text_meta(options: PrepareOptions, kind: str, tokenizer: Tokenizer, counts: dict, kinds: list[str] | None,
+              encode_seconds: float, started: float, own_splits: bool = False) -> dict:
+    """meta.json of a token data directory."""
+    return {
         "source": options.source,
         "task": "text",
         "hub_repo": HUB_SOURCES[options.source].repo if options.source in HUB_SOURCES else None,
         "tokenizer": kind,
         "vocab_size": tokenizer.vocab_size,
-        "dtype": "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32",
+        "dtype": token_dtype(tokenizer).__name__,
         "eos_id": tokenizer.eos_id,
         "splits": counts,
-        "split_ratios": None if "train" in data.splits and options.use_source_splits else list(options.split_ratios),
+        "split_ratios": None if own_splits else list(options.split_ratios),
         "seed": options.seed,
         "kinds": kinds,
         "options": {k: v for k, v in asdict(options).items() if k not in ("out",)},
         "encode_tokens_per_second": round(sum(c["tokens"] for c in counts.values()) / max(encode_seconds, 1e-9)),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_meta(out, meta)
-    return meta
 
 
 def write_meta(out: Path, meta: dict) -> None:

@@ -4,7 +4,8 @@ A source is built-in (`numeric`, `stories`), a Hugging Face hub dataset loaded w
 `datasets.load_dataset` call (text: `tinystories`, `wikitext-103`, `openwebtext`, `fineweb`; examples: `alpaca`,
 `dolly` for SFT, `rm-static`, `hh-rlhf` for preference pairs), a local file (`path.txt`, `path.jsonl[:field]`,
 `path.json[:field]`, `path.parquet[:field]`), or `pairs:SOURCE`: preference pairs built from a text source's
-documents (`corpus_pairs`).
+documents (`corpus_pairs`). `stream_source` yields a text source's documents one at a time instead, for corpora
+larger than memory (the web sources and large local text files).
 
 Records are text `{"text"}` (numeric also has `"kind"`), SFT `{"id", "prompt", "response"}` or preference
 `{"id", "prompt", "chosen", "rejected"}`; `SourceData.task` says which. A `.jsonl`/`.json` file whose first row is
@@ -22,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 
 from picolm.data.records import BadRows, detect_task, pair_record, render_instruction, sft_record
@@ -181,27 +182,62 @@ WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
 BLANK_LINE = re.compile(r"\n[ \t]*\n")
 FIELD_SUFFIX = re.compile(r"^(?P<path>.+\.(?:jsonl|json|parquet)):(?P<field>[^/\\]+)$")
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
+TEXT_PROBE_BYTES = 1 << 20  # streamed .txt files: the layout (blocks or lines) is decided on this much
 LAYOUTS = ("text; instruction with output; prompt (or input) with response (or output); "
            "prompt (or input) with chosen and rejected; or messages")
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded as UTF-8 (a bad byte is named by its line), without line ends."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise PicolmError("not UTF-8 text", path=path, line=number) from None
+
+
+def _blocks(lines: list[str]) -> list[str]:
+    return [b.strip() for b in BLANK_LINE.split("\n".join(lines)) if b.strip()]
+
+
+def _paragraph_layout(blocks: list[str]) -> bool:
+    """Whether a text holds blank-line-separated documents: several blocks, some spanning several lines."""
+    return len(blocks) > 1 and any("\n" in b for b in blocks)
 
 
 def read_text_file(path: Path) -> Records:
     """One document per blank-line-separated block when there are several blocks and some span several
     lines, else one document per line."""
-    lines = []
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError:
-                raise PicolmError("not UTF-8 text", path=path, line=number) from None
-    blocks = [b.strip() for b in BLANK_LINE.split("\n".join(lines)) if b.strip()]
-    paragraphs = len(blocks) > 1 and any("\n" in b for b in blocks)
-    docs = blocks if paragraphs else [line.strip() for line in lines]
+    lines = list(_text_lines(path))
+    blocks = _blocks(lines)
+    docs = blocks if _paragraph_layout(blocks) else [line.strip() for line in lines]
     records = [{"text": d} for d in docs if d]
     if not records:
         raise PicolmError("file holds no text", path=path)
     return records
+
+
+def stream_text_file(path: Path, probe_bytes: int = TEXT_PROBE_BYTES) -> Iterator[str]:
+    """`read_text_file`'s documents, one at a time: the layout rule is applied to the first `probe_bytes`."""
+    lines = _text_lines(path)
+    head, size = [], 0
+    for line in lines:
+        head.append(line)
+        size += len(line) + 1
+        if size >= probe_bytes:
+            break
+    if not _paragraph_layout(_blocks(head)):
+        yield from (line.strip() for line in chain(head, lines) if line.strip())
+        return
+    block: list[str] = []
+    for line in chain(head, lines, [""]):
+        if line.strip(" \t"):
+            block.append(line)
+        elif block:
+            if text := "\n".join(block).strip():
+                yield text
+            block = []
 
 
 def _json_array_start(path: Path) -> bool:
@@ -263,9 +299,8 @@ def read_json_rows(path: Path) -> Iterator[tuple[int, object]]:
             yield number, row
 
 
-def _text_records(rows: Iterable[tuple[int, object]], path: Path, text_field: str, bad: BadRows,
-                  layout_hint: bool = False) -> Records:
-    records = []
+def _row_texts(rows: Iterable[tuple[int, object]], path: Path, text_field: str, bad: BadRows,
+               layout_hint: bool = False) -> Iterator[str]:
     for number, row in rows:
         if not isinstance(row, dict) or text_field not in row:
             layout = detect_task(row) if layout_hint and isinstance(row, dict) else None
@@ -275,7 +310,12 @@ def _text_records(rows: Iterable[tuple[int, object]], path: Path, text_field: st
         elif not isinstance(row[text_field], str):
             bad.reject("expected a string", path=path, line=number, row_field=text_field)
         elif row[text_field].strip():
-            records.append({"text": row[text_field]})
+            yield row[text_field]
+
+
+def _text_records(rows: Iterable[tuple[int, object]], path: Path, text_field: str, bad: BadRows,
+                  layout_hint: bool = False) -> Records:
+    records = [{"text": t} for t in _row_texts(rows, path, text_field, bad, layout_hint)]
     if not records:
         raise PicolmError("file holds no text", path=path)
     return records
@@ -369,6 +409,35 @@ def load_local(spec: str, bad: BadRows | None = None) -> SourceData:
     return SourceData({"all": read_text_file(path)})
 
 
+def stream_parquet_file(path: Path, text_field: str, batch_rows: int = 1024) -> Iterator[str]:
+    """The non-blank texts of one column, read a batch of rows at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise PicolmError(f"not a readable parquet file ({exc})", path=path) from None
+    if text_field not in file.schema_arrow.names:
+        raise PicolmError(f"no column {text_field!r}", path=path, field=text_field)
+    for batch in file.iter_batches(batch_size=batch_rows, columns=[text_field]):
+        yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str) and t.strip())
+
+
+def stream_local(spec: str) -> Iterator[str]:
+    """The documents of a local `.txt`, `.jsonl[:field]` or `.parquet[:field]` text file, one at a time."""
+    path, text_field = _split_field(spec, "text")
+    if not path.is_file():
+        raise PicolmError("no such file" if not path.exists() else "is not a file", path=path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _row_texts(read_json_rows(path), path, text_field, BadRows(), layout_hint=True)
+    if suffix == ".parquet":
+        return stream_parquet_file(path, text_field)
+    if suffix == ".json":
+        raise PicolmError("streaming reads JSON Lines (.jsonl) files, not .json", path=path)
+    return stream_text_file(path)
+
+
 def _wikitext_articles(lines: Iterator[str]) -> Iterator[str]:
     article: list[str] = []
     for line in lines:
@@ -434,6 +503,13 @@ def load_hub(name: str, hub_dir: str | None = None, limit: int | None = None,
         splits[ours] = ([{"text": t} for t in _hub_texts(rows, source, limit)] if source.to_row is None
                         else _hub_examples(rows, source, theirs, bad, limit))
     return SourceData(splits if len(splits) > 1 else {"all": splits["train"]}, task=source.task)
+
+
+def stream_hub(name: str, hub_dir: str | None = None) -> Iterator[str]:
+    """The documents of a one-split hub text source, read through `datasets`' streaming mode."""
+    source = HUB_SOURCES[name]
+    path, config = (hub_dir, None) if hub_dir else (source.repo, source.config)
+    return _hub_texts(_hub_split(name, source, path, config, source.splits["train"]), source, None)
 
 
 def load_builtin(name: str, options: dict) -> SourceData:
@@ -551,6 +627,21 @@ def _load(spec: str, options: dict, hub_dir: str | None, limit: int | None, bad:
     examples = ", ".join(n for n, s in HUB_SOURCES.items() if s.task != "text")
     raise PicolmError(f"unknown source; use one of {text} (text), {examples} (examples), {PAIRS_PREFIX}SOURCE "
                       "(preference pairs from a text source), or a .txt/.jsonl/.json/.parquet file", field=spec)
+
+
+def stream_source(spec: str, hub_dir: str | None = None, limit: int | None = None) -> Iterator[str]:
+    """A text source's documents one at a time, never held together: the web sources through `datasets`'
+    streaming mode, local text files line by line; at most `limit` of them."""
+    source = HUB_SOURCES.get(spec)
+    if source is not None and source.streaming:
+        texts = stream_hub(spec, hub_dir)
+    elif source is None and spec not in BUILTIN_SOURCES and not spec.startswith(PAIRS_PREFIX):
+        texts = stream_local(spec)
+    else:
+        web = ", ".join(n for n, s in HUB_SOURCES.items() if s.streaming)
+        raise PicolmError(f"streaming reads the web sources ({web}) and local .txt, .jsonl and .parquet text files; "
+                          "prepare this source without --stream", field=spec)
+    return islice(texts, limit)
 
 
 def load_source(spec: str, options: dict | None = None, hub_dir: str | None = None,

@@ -14,7 +14,7 @@ import torch
 
 from picolm.config import Config, save_config
 from picolm.data.examples import ExampleBatches, in_order, load_examples
-from picolm.data.loader import TokenWindows, check_split
+from picolm.data.loader import check_split, train_windows
 from picolm.data.records import BadRows
 from picolm.data.pack import load_meta
 from picolm.errors import PicolmError, TrainingStopped
@@ -242,8 +242,8 @@ class Trainer:
             self.monitor_examples = load_examples(c.objective.monitor, "val", "dpo", self.tokenizer,
                                                   c.model.block_size, BadRows(skip=True))
         if self.task == "text":
-            self.train_data = TokenWindows(self.data_dir / "train.bin", c.model.block_size, seed=c.train.seed,
-                                           rank=self.distributed.rank, world_size=self.distributed.world_size)
+            self.train_data = train_windows(self.data_dir, c.model.block_size, seed=c.train.seed,
+                                            rank=self.distributed.rank, world_size=self.distributed.world_size)
             self.val_tokens, self.val_kinds = load_split(self.data_dir, "val")
             check_split(self.val_tokens, self.data_dir / "val.bin", c.model.vocab_size, c.model.block_size)
             return
