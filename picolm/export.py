@@ -97,6 +97,11 @@ def export_run(target: str | Path, out_dir: str | Path, fmt: str = "hf") -> Expo
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PicolmError("already exists and is not empty: pass a new folder", path=out)
     loaded = load_model(target)
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise PicolmError("exporting needs the package transformers (pip install 'picolm[hf]')",
+                          field="--format") from None
     hf = hf_model_for(loaded.model, loaded.tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
