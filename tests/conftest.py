@@ -58,3 +58,14 @@ def trained_run(numeric_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "numeric"
     assert main(["train", "--data", str(numeric_data), "--out", str(run), "--train.max_steps", "20", *TINY]) == 0
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: with the cores shared, more threads only wait on each other (100x slower here)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
