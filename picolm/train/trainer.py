@@ -443,9 +443,7 @@ class Trainer:
         step = {name: (values[2 * i], values[2 * i + 1]) for i, name in enumerate(names)}
         # ranks' gradients arrive averaged (DDP, FSDP): world_size / count turns their sum into the step's mean
         scale = self.distributed.world_size / max(step["loss"][1], 1)
-        for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(scale)
+        torch._foreach_mul_([p.grad for p in self.model.parameters() if p.grad is not None], scale)  # one fused op
         return step, tokens * self.distributed.world_size
 
     def train_step(self) -> tuple[dict, int]:
