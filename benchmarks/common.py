@@ -54,7 +54,7 @@ def generation_models():
     from transformers.utils import logging as hf_logging
 
     from picolm.config import ModelConfig
-    from picolm.models.export import to_gpt2
+    from picolm.interop.convert import to_gpt2
     from picolm.models.gpt import GPT
 
     hf_logging.set_verbosity_error()

@@ -75,7 +75,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    from picolm.generate import SamplingOptions, generate_ids
+    from picolm.config import SamplingOptions
+    from picolm.generate import generate_ids
 
     model, peer = generation_models()
     prompt = torch.randint(0, 512, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))

@@ -30,7 +30,7 @@ BATCH = 8
 def write_pair_data(pairs: list[dict], tokenizer_dir: str, out: Path) -> Path:
     """A picolm DPO data directory over the same pairs, with the peer's tokenizer."""
     from picolm.data.records import write_records
-    from picolm.data.pack import write_meta
+    from picolm.data.tokens import write_meta
     from picolm.tokenizer import hub_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=200)
     args = parser.parse_args()
-    from picolm.generate import SamplingOptions, generate_ids
+    from picolm.config import SamplingOptions
+    from picolm.generate import generate_ids
 
     model, peer = generation_models()
     options = SamplingOptions(max_new_tokens=args.new_tokens, temperature=0.0)

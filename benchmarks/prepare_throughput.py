@@ -11,7 +11,7 @@ import argparse
 import os
 
 from common import interleaved, median
-from picolm.data.pack import encode_split
+from picolm.data.preparation import encode_split
 from picolm.data.stories import generate_stories
 from picolm.tokenizer import train_bpe
 

@@ -12,8 +12,8 @@ import torch
 
 from common import interleaved, matmul_flops_per_second, median
 from picolm.config import ModelConfig, TrainConfig
-from picolm.models.loading import build_model
-from picolm.train.objectives import NextToken
+from picolm.models.build import build_model
+from picolm.methods.next_token import NextToken
 from picolm.train.optim import build_optimizers
 
 CONFIGS = {

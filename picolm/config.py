@@ -1,8 +1,15 @@
-"""Configuration: dataclasses, presets, YAML recipes and dotted `--section.key value` overrides."""
+"""Configuration: frozen dataclasses whose fields carry their own help text, presets, YAML recipes and dotted
+`--section.key value` overrides; and the sampling options every verb that writes text shares.
+
+A config is built once (defaults, then a recipe, then overrides), validated once and never changed afterwards:
+what training works out later (the vocabulary, the family's extra token ids, the run's name) goes into a resolved
+copy (`dataclasses.replace`). Checks that depend on the method family live with the family (picolm/methods).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,47 +22,76 @@ FEATURE_MAP_KINDS = ("elu", "relu")  # linear attention kernels phi(x)
 POSITION_KINDS = ("learned", "rope", "none")
 MLP_KINDS = ("gelu", "swiglu")
 NORM_KINDS = ("layernorm", "rmsnorm")
-ARCHITECTURES = ("gpt", "hf", "sdd")  # hf: a Hugging Face causal LM started from with train.hf_model; sdd: sparse
-# distribution diffusion (picolm/models/sdd.py)
+ARCHITECTURES = ("gpt", "hf", "sdd")
 
 
-@dataclass
+def setting(default=None, help: str = "", *, factory=None, resolved: bool = False):
+    """A config field whose help text lives with it: `picolm train --help` and the docs print it. `resolved`: left at
+    its default, training fills it in (the vocabulary, a family's token ids, the family's kind)."""
+    metadata = {"help": help, "resolved": resolved}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def filled_in_by_training(cls, name: str, value) -> bool:
+    """Whether a field left at this value is one training fills in (see `setting`)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.metadata.get("resolved", False) and value == f.default
+
+
+def help_text(cls, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _check(section: str, checks: list[tuple[bool, str, str]]) -> None:
+    for ok, name, why in checks:
+        if not ok:
+            raise PicolmError(why, field=f"{section}.{name}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "gpt"
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 256
-    vocab_size: int = 0  # 0: taken from the data's tokenizer
-    dropout: float = 0.0
-    bias: bool = True
-    attention: str = "softmax"
-    position: str = "learned"
-    causal: bool = True
-    mlp: str = "gelu"
-    norm: str = "layernorm"  # the blocks' two norms and the final one: layernorm | rmsnorm (no bias)
-    tie_weights: bool = True
-    rope_base: float = 10000.0
-    feature_map: str = "elu"  # linear attention: phi(x) = elu(x) + 1 | relu
-    chunk_size: int = 64  # linear attention: tokens per chunk of the causal parallel form
-    differential: bool = False  # feed the blocks e_t - e_{t-1}; add e_t back before the final norm
-    mask_id: int = -1  # masked diffusion: the mask token's id (set by mdlm training; the head never predicts it)
-    ignore_id: int = -1  # sdd: the IGNORE (padding) token's id, the last of the vocabulary (set by sdd training)
-    sdd_k: int = 0  # sdd: candidates per position the sampler uses, the largest k trained (set by sdd training)
+    arch: str = setting("gpt", "network: gpt (picolm's transformer), sdd (sparse distribution diffusion), hf (a "
+                               "Hugging Face causal LM, set by train.hf_model)")
+    n_layer: int = setting(4, "transformer blocks")
+    n_head: int = setting(4, "attention heads per block")
+    n_embd: int = setting(128, "width of the residual stream")
+    block_size: int = setting(256, "context length in tokens")
+    vocab_size: int = setting(0, "embedding rows; 0 takes the tokenizer's (plus any token the method adds)",
+                              resolved=True)
+    dropout: float = setting(0.0, "dropout after embeddings, attention and MLP, in [0, 1)")
+    bias: bool = setting(True, "biases in linear layers and LayerNorm")
+    attention: str = setting("softmax", "softmax | linear (kernelised, with a constant-size recurrent state)")
+    position: str = setting("learned", "learned | rope | none")
+    causal: bool = setting(True, "left-to-right attention; false for bidirectional models (masked diffusion, sdd)")
+    mlp: str = setting("gelu", "gelu | swiglu")
+    norm: str = setting("layernorm", "the blocks' two norms and the final one: layernorm | rmsnorm (no bias)")
+    tie_weights: bool = setting(True, "the head shares the token embedding")
+    rope_base: float = setting(10000.0, "RoPE's frequency base")
+    feature_map: str = setting("elu", "linear attention: phi(x) = elu(x) + 1 | relu")
+    chunk_size: int = setting(64, "linear attention: tokens per chunk of the causal parallel form")
+    differential: bool = setting(False, "feed the blocks e_t - e_(t-1); add e_t back before the final norm")
+    mask_id: int = setting(-1, "masked diffusion: the mask token's id, the last of the vocabulary (set by training)",
+                           resolved=True)
+    ignore_id: int = setting(-1, "sdd: the IGNORE (padding) token's id, the last of the vocabulary (set by "
+                                 "training)", resolved=True)
+    sdd_k: int = setting(0, "sdd: candidates per position the sampler uses, the largest k trained (set by "
+                            "training)", resolved=True)
 
     def validate(self) -> None:
-        checks = [
-            (self.arch in ARCHITECTURES, "arch", f"must be one of {', '.join(ARCHITECTURES)}"),
-            (self.attention in ATTENTION_KINDS, "attention", f"must be one of {', '.join(ATTENTION_KINDS)}"),
-            (self.position in POSITION_KINDS, "position", f"must be one of {', '.join(POSITION_KINDS)}"),
-            (self.mlp in MLP_KINDS, "mlp", f"must be one of {', '.join(MLP_KINDS)}"),
-            (self.norm in NORM_KINDS, "norm", f"must be one of {', '.join(NORM_KINDS)}"),
-            (self.feature_map in FEATURE_MAP_KINDS, "feature_map", f"must be one of {', '.join(FEATURE_MAP_KINDS)}"),
+        kinds = [(self.arch, "arch", ARCHITECTURES), (self.attention, "attention", ATTENTION_KINDS),
+                 (self.position, "position", POSITION_KINDS), (self.mlp, "mlp", MLP_KINDS),
+                 (self.norm, "norm", NORM_KINDS), (self.feature_map, "feature_map", FEATURE_MAP_KINDS)]
+        checks = [(value in allowed, name, f"must be one of {', '.join(allowed)}") for value, name, allowed in kinds]
+        checks += [
             (self.chunk_size > 0, "chunk_size", "must be positive"),
             (self.n_layer > 0 and self.n_head > 0 and self.n_embd > 0, "n_layer", "sizes must be positive"),
             (self.n_embd % self.n_head == 0, "n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}"),
             (self.block_size > 0, "block_size", "must be positive"),
+            (self.vocab_size >= 0, "vocab_size", "must be positive (0: taken from the tokenizer)"),
             (0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)"),
+            (self.rope_base > 0, "rope_base", "must be positive"),
             (self.mask_id < 0 or (self.vocab_size <= 0 or self.mask_id == self.vocab_size - 1), "mask_id",
              "must be the last id of the vocabulary"),
             (self.ignore_id < 0 or (self.vocab_size <= 0 or self.ignore_id == self.vocab_size - 1), "ignore_id",
@@ -71,9 +107,7 @@ class ModelConfig:
                                f"applies to linear attention only (model.attention is {self.attention})"))
         if self.position == "rope":
             checks.append(((self.n_embd // self.n_head) % 2 == 0, "n_embd", "RoPE needs an even head size"))
-        for ok, name, why in checks:
-            if not ok:
-                raise PicolmError(why, field=f"model.{name}")
+        _check("model", checks)
 
 
 # Parameter counts in the comments exclude the token embedding (it depends on the vocabulary).
@@ -90,86 +124,78 @@ PRESETS: dict[str, dict] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
-    path: str = ""  # a directory written by `picolm prepare`
-    skip_bad_rows: bool = False  # SFT/DPO rows that cannot be used: report and skip them instead of stopping
+    path: str = setting("", "a directory written by `picolm prepare`")
+    skip_bad_rows: bool = setting(False, "SFT/DPO rows that cannot be used: report and skip them instead of stopping")
+
+    def validate(self) -> None:
+        pass
 
 
-OBJECTIVE_KINDS = ("auto", "next_token", "sft", "dpo", "mdlm", "sdd")
-PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge")
-
-
-@dataclass
+@dataclass(frozen=True)
 class ObjectiveConfig:
-    kind: str = "auto"  # auto (from the data: text -> next_token, sft, dpo) | next_token | sft | dpo | mdlm
-    beta: float = 0.1  # DPO: strength of the pull toward the reference
-    loss: str = "sigmoid"  # DPO loss: sigmoid (DPO; cDPO with label_smoothing) | ipo | hinge
-    label_smoothing: float = 0.0  # conservative DPO: the assumed rate of flipped preference labels
-    length_normalize: bool = False  # DPO: mean instead of summed response log-probabilities (always for ipo)
-    reference: str = "precomputed"  # precomputed (once, before training; the reference model is dropped) | live
-    monitor: str = ""  # SFT: a DPO data directory whose chosen/rejected mean log-probabilities are logged
-    eps: float = 1e-3  # mdlm: the smallest noise level t (t ~ U(eps, 1))
-    sdd_k: int = 4  # sdd: weighted candidate tokens per position (fixed k)
-    sdd_k_curriculum: list[int] = field(default_factory=list)  # sdd: k per equal share of the steps, e.g. 1,2,4,8
+    """What is learned. Which family reads which field is the family's business (picolm/methods): a field set for a
+    family that does not read it is refused."""
+
+    kind: str = setting("auto", "the method family; auto: the starting model's (mdlm, sdd), else the data's "
+                                "(text -> next_token, sft -> sft, dpo -> dpo)", resolved=True)
+    beta: float = setting(0.1, "dpo: strength of the pull toward the reference")
+    loss: str = setting("sigmoid", "dpo loss: sigmoid (DPO; cDPO with label_smoothing) | ipo | hinge")
+    label_smoothing: float = setting(0.0, "dpo: the assumed rate of flipped preference labels (conservative DPO)")
+    length_normalize: bool = setting(False, "dpo: mean instead of summed response log-probabilities (always for "
+                                            "ipo)")
+    reference: str = setting("precomputed", "dpo reference: precomputed (once, before training; the reference model "
+                                            "is dropped) | live")
+    monitor: str = setting("", "sft: a DPO data directory whose chosen/rejected mean log-probabilities are logged")
+    eps: float = setting(1e-3, "mdlm: the smallest noise level t (t ~ U(eps, 1))")
+    sdd_k: int = setting(4, "sdd: weighted candidate tokens per position (fixed k)")
+    sdd_k_curriculum: list[int] = setting(help="sdd: k per equal share of the steps, e.g. 1,2,4,8", factory=list)
 
     def validate(self) -> None:
-        checks = [
-            (self.kind in OBJECTIVE_KINDS, "kind", f"must be one of {', '.join(OBJECTIVE_KINDS)}"),
-            (self.loss in PREFERENCE_LOSSES, "loss", f"must be one of {', '.join(PREFERENCE_LOSSES)}"),
-            (self.beta > 0, "beta", "must be positive"),
-            (0.0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)"),
-            (self.reference in ("precomputed", "live"), "reference", "must be precomputed or live"),
-            (0.0 < self.eps < 1.0, "eps", "must be in (0, 1)"),
-            (self.sdd_k >= 1, "sdd_k", "must be at least 1"),
-            (all(k >= 1 for k in self.sdd_k_curriculum), "sdd_k_curriculum", "every k must be at least 1"),
-            (all(a < b for a, b in zip(self.sdd_k_curriculum, self.sdd_k_curriculum[1:])), "sdd_k_curriculum",
-             f"must increase (got {self.sdd_k_curriculum})"),
-        ]
-        for ok, name, why in checks:
-            if not ok:
-                raise PicolmError(why, field=f"objective.{name}")
+        pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int | None = 1000
-    epochs: float | None = None  # when set, overrides max_steps
-    max_minutes: float | None = None  # wall-time budget; whichever limit comes first stops the run
-    batch_size: int = 16  # sequences per optimizer step
-    micro_batch_size: int | None = None  # sequences per forward pass; batch_size must be a multiple
-    optimizer: str = "adamw"  # adamw | muon (Muon for 2-D hidden weights, AdamW for the rest)
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    schedule: str = "cosine"  # cosine | linear | constant
-    warmup_steps: int | None = None
-    warmup_ratio: float = 0.05  # used when warmup_steps is not set
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    muon_lr: float = 0.02
-    muon_momentum: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
-    eval_every: int = 200
-    eval_batches: int = 20
-    early_stop_metric: str = "val/loss"
-    early_stop_patience: int = 0  # evaluations without improvement before stopping; 0 disables
-    checkpoint_every: int = 0  # 0: checkpoint at every evaluation
-    log_every: int = 10
-    device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    compile: bool = False
-    grad_checkpointing: bool = False
-    parallel: str = "ddp"  # under torchrun: ddp (a full copy per rank) | fsdp (FSDP2, parameters sharded)
-    seed: int = 1337
-    num_samples: int = 4  # samples written to samples.txt at the end
-    sample_tokens: int = 64
-    init_from: str = ""  # start from a picolm run or checkpoint, or a GPT-2 (HF folder or hub name); its tokenizer too
-    hf_model: str = ""  # or from a Hugging Face causal LM: a hub name (gpt2) or a local directory
+    max_steps: int | None = setting(1000, "optimizer steps; the limit reached first stops the run")
+    epochs: float | None = setting(None, "passes over the training data; when set, replaces max_steps")
+    max_minutes: float | None = setting(None, "wall-time budget of the loop (evaluations included)")
+    batch_size: int = setting(16, "sequences (or pairs) per optimizer step, over all processes")
+    micro_batch_size: int | None = setting(None, "sequences per forward pass; must divide the per-process batch")
+    optimizer: str = setting("adamw", "adamw | muon (Muon for 2-D hidden weights, AdamW for the rest)")
+    lr: float = setting(1e-3, "peak learning rate")
+    min_lr_ratio: float = setting(0.1, "the schedule ends at lr x this")
+    schedule: str = setting("cosine", "learning-rate decay after warmup: cosine | linear | constant")
+    warmup_steps: int | None = setting(None, "linear warmup steps (default: warmup_ratio of the run)")
+    warmup_ratio: float = setting(0.05, "warmup as a share of the run when warmup_steps is not set")
+    weight_decay: float = setting(0.1, "AdamW weight decay, on matrices only")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    muon_lr: float = setting(0.02, "Muon's learning rate")
+    muon_momentum: float = setting(0.95, "Muon's momentum")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this; 0 disables clipping")
+    eval_every: int = setting(200, "steps between evaluations (and checkpoints)")
+    eval_batches: int = setting(20, "validation batches per evaluation")
+    early_stop_metric: str = setting("val/loss", "the evaluation metric that picks best.pt and early stopping")
+    early_stop_patience: int = setting(0, "evaluations without improvement before stopping; 0 disables")
+    checkpoint_every: int = setting(0, "steps between extra last.pt checkpoints; 0: at every evaluation only")
+    log_every: int = setting(10, "steps between metric rows")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps")
+    precision: str = setting("auto", "auto (bf16 on CUDA, float32 on CPU) | fp32 | bf16 | fp16")
+    compile: bool = setting(False, "torch.compile each block")
+    grad_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
+    parallel: str = setting("ddp", "under torchrun: ddp (a full copy per rank) | fsdp (FSDP2, parameters sharded)")
+    seed: int = setting(1337, "seed for initialisation, data order, dropout and noise")
+    num_samples: int = setting(4, "samples written to samples.txt at the end")
+    sample_tokens: int = setting(64, "new tokens per sample in samples.txt")
+    init_from: str = setting("", "start from a picolm run or checkpoint, or a GPT-2 (HF folder or hub name); its "
+                                 "tokenizer too")
+    hf_model: str = setting("", "or start from a Hugging Face causal LM: a hub name (gpt2) or a local directory")
 
     def validate(self) -> None:
-        checks = [
+        _check("train", [
             (self.optimizer in ("adamw", "muon"), "optimizer", "must be adamw or muon"),
             (self.schedule in ("cosine", "linear", "constant"), "schedule", "must be cosine, linear or constant"),
             (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"), "device",
@@ -189,21 +215,23 @@ class TrainConfig:
             (self.eval_batches > 0, "eval_batches", "must be positive"),
             (self.log_every > 0, "log_every", "must be positive"),
             (not (self.init_from and self.hf_model), "hf_model", "set init_from or hf_model, not both"),
-        ]
-        for ok, name, why in checks:
-            if not ok:
-                raise PicolmError(why, field=f"train.{name}")
+        ])
 
 
-@dataclass
+@dataclass(frozen=True)
 class LogConfig:
-    backends: list[str] = field(default_factory=list)  # tensorboard, wandb (JSONL and CSV always)
-    project: str = "picolm"  # W&B project
-    run_name: str | None = None  # tracker run name; default {architecture}-{dataset}-{size}-v{n}
-    progress: bool = True  # console progress bar
+    backends: list[str] = setting(help="extra trackers: tensorboard, wandb (JSONL and CSV always)", factory=list)
+    project: str = setting("picolm", "W&B project")
+    run_name: str | None = setting(None, "tracker run name; default {architecture}-{dataset}-{size}-v{n}")
+    progress: bool = setting(True, "console progress bar")
+
+    def validate(self) -> None:
+        for backend in self.backends:
+            if backend not in ("tensorboard", "wandb"):
+                raise PicolmError(f"unknown backend {backend!r} (tensorboard, wandb)", field="log.backends")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -212,71 +240,11 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> None:
-        self.model.validate()
-        self.train.validate()
-        self.objective.validate()
-        self._check_combinations()
-        for backend in self.log.backends:
-            if backend not in ("tensorboard", "wandb"):
-                raise PicolmError(f"unknown backend {backend!r} (tensorboard, wandb)", field="log.backends")
-
-    def _check_combinations(self) -> None:
-        """Settings that are each valid but do not fit together."""
-        diffusion = self.objective.kind == "mdlm"
-        checks = [
-            (not (diffusion and self.model.causal), "model.causal",
-             "masked diffusion needs a bidirectional model: set model.causal false"),
-            (not (diffusion and self.model.attention == "linear"), "model.attention",
-             "linear attention is built in its causal (chunked and recurrent) form; masked diffusion needs softmax"),
-            (not (diffusion and self.train.hf_model), "train.hf_model",
-             "a Hugging Face causal LM cannot be a masked-diffusion backbone"),
-            (diffusion or self.model.mask_id < 0, "model.mask_id",
-             "a mask token belongs to masked diffusion (objective.kind mdlm), which sets it"),
-        ]
-        for ok, name, why in checks:
-            if not ok:
-                raise PicolmError(why, field=name)
-        self._check_sdd()
-
-    def _check_sdd(self) -> None:
-        """Sparse distribution diffusion (picolm/models/sdd.py): what it needs and what it cannot do."""
-        m, o = self.model, self.objective
-        sdd = m.arch == "sdd"
-        final_k = sdd_final_k(o)
-        checks = [
-            (not (sdd and o.kind not in ("auto", "sdd")), "objective.kind",
-             f"an sdd model trains with the sdd objective, not {o.kind} (leave objective.kind auto or set sdd)"),
-            (not (o.kind == "sdd" and not sdd), "model.arch", "the sdd objective needs model.arch sdd"),
-            (not (sdd and m.causal), "model.causal",
-             "sparse distribution diffusion denoises every position from both sides: set model.causal false "
-             "(an sdd model has no causal form, no KV cache and no left-to-right decoding)"),
-            (not (sdd and m.attention == "linear"), "model.attention",
-             "linear attention is built in its causal form; sdd needs softmax attention"),
-            (not (sdd and m.differential), "model.differential", "differential inputs do not apply to sdd"),
-            (not (sdd and self.train.hf_model), "train.hf_model",
-             "a Hugging Face causal LM cannot be an sdd model"),
-            (sdd or (m.ignore_id < 0 and m.sdd_k == 0), "model.ignore_id" if m.ignore_id >= 0 else "model.sdd_k",
-             "belongs to sdd models (model.arch sdd); sdd training sets it"),
-            (not sdd or m.sdd_k in (0, final_k), "model.sdd_k",
-             f"is set by training from the objective's k ({final_k}); set objective.sdd_k or "
-             "objective.sdd_k_curriculum instead"),
-            (not o.sdd_k_curriculum or sdd, "objective.sdd_k_curriculum", "applies to sdd models (model.arch sdd)"),
-            (sdd or o.sdd_k == ObjectiveConfig.sdd_k, "objective.sdd_k", "applies to sdd models (model.arch sdd)"),
-            (not (sdd and m.vocab_size > 0 and final_k > m.vocab_size),
-             "objective.sdd_k_curriculum" if o.sdd_k_curriculum else "objective.sdd_k",
-             f"k = {final_k} candidates per position is more than the vocabulary of {m.vocab_size}"),
-        ]
-        for ok, name, why in checks:
-            if not ok:
-                raise PicolmError(why, field=name)
+        for section in SECTIONS:
+            getattr(self, section).validate()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def sdd_final_k(objective: ObjectiveConfig) -> int:
-    """The largest k an sdd run trains with (the curriculum's last, else objective.sdd_k): the sampler's k."""
-    return objective.sdd_k_curriculum[-1] if objective.sdd_k_curriculum else objective.sdd_k
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "objective": ObjectiveConfig,
@@ -330,16 +298,17 @@ def _type_name(cls, name: str) -> str:
 
 
 def apply_overrides(config: Config, overrides: dict[str, object], sources: dict[str, dict] | None = None) -> Config:
-    """Apply `{"model.n_layer": 4, ...}`; `model.preset` expands first so explicit keys win."""
+    """A new config: `config` with `{"model.n_layer": 4, ...}` applied; `model.preset` expands first so explicit keys
+    win. Not validated (see `build_config`)."""
     sources = sources or {}
     overrides = dict(overrides)
+    changes: dict[str, dict] = {section: {} for section in SECTIONS}
     preset = overrides.pop("model.preset", None)
     if preset is not None:
         if preset not in PRESETS:
             raise PicolmError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}",
                               field="model.preset", **sources.get("model.preset", {}))
-        for name, value in PRESETS[preset].items():
-            setattr(config.model, name, value)
+        changes["model"].update(PRESETS[preset])
     for key, value in overrides.items():
         where = sources.get(key, {})
         section, _, name = key.partition(".")
@@ -349,8 +318,9 @@ def apply_overrides(config: Config, overrides: dict[str, object], sources: dict[
         if name not in {f.name for f in dataclasses.fields(cls)}:
             known = ", ".join(f.name for f in dataclasses.fields(cls))
             raise PicolmError(f"unknown field; {section} has: {known}", field=key, **where)
-        setattr(getattr(config, section), name, _coerce(value, _type_name(cls, name), key, where))
-    return config
+        changes[section][name] = _coerce(value, _type_name(cls, name), key, where)
+    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)
+                                          for section, values in changes.items() if values})
 
 
 def read_recipe(path: str | Path) -> tuple[dict[str, object], dict[str, dict]]:
@@ -413,3 +383,66 @@ def load_config(path: Path) -> Config:
         return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     except (TypeError, yaml.YAMLError) as exc:
         raise PicolmError(f"not a picolm config ({exc})", path=path) from None
+
+
+# ---------------------------------------------------------------- sampling
+
+REMASKING = ("none", "low_confidence")
+TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def option(default, help: str, applies: str = ""):
+    """A sampling option; `applies` names the models it is for when not all (its sampler refuses it elsewhere)."""
+    return field(default=default, metadata={"help": help, "applies": applies})
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_new_tokens: int = option(100, "new tokens to write")
+    temperature: float = option(0.8, "softmax temperature; 0 decodes greedily")
+    top_k: int | None = option(None, "sample from the k most likely tokens")
+    top_p: float | None = option(None, "sample from the smallest set of tokens reaching probability p (nucleus)")
+    repetition_penalty: float = option(1.0, "> 1 discourages tokens already in the prompt or the output (CTRL)",
+                                       "left-to-right models")
+    stop: tuple[str, ...] = option((), "stop before this text (repeatable)")
+    seed: int | None = option(0, "random seed; None: a different sample every time")
+    steps: int | None = option(None, "diffusion models: denoising steps (default: one per new token)",
+                               "diffusion models (mdlm, sdd)")
+    remasking: str = option("none", "masked diffusion: reveal masked tokens at random (none) or the most confident "
+                                    "first (low_confidence)", "masked-diffusion models")
+    block_length: int | None = option(None, "masked diffusion: denoise blocks of this many tokens left to right "
+                                            "(semi-autoregressive)", "masked-diffusion models")
+    temperature_schedule: str = option("constant", "sdd: the temperature over the steps: constant, or linear / "
+                                                   "cosine from 1.5x down to 0.5x --temperature", "sdd models")
+    confidence_weighted: bool = option(False, "sdd: a position leaves the uniform mixture as fast as the model is "
+                                              "sure of it", "sdd models")
+    stochastic: bool = option(False, "sdd: draw each step's candidates from the prediction instead of keeping its "
+                                     "top k", "sdd models")
+
+    def validate(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1"),
+            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature", "must be 0 (greedy) or "
+                                                                                       "positive"),
+            (self.temperature == 0 or self.temperature >= 1e-4, "temperature", "must be 0 (greedy) or at least 1e-4"),
+            (self.top_k is None or self.top_k >= 1, "top_k", "must be at least 1"),
+            (self.top_p is None or 0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
+            (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
+             "must be positive"),
+            (all(self.stop), "stop", "stop strings must not be empty"),
+            (self.steps is None or self.steps >= 1, "steps", "must be at least 1"),
+            (self.remasking in REMASKING, "remasking", f"must be one of {', '.join(REMASKING)}"),
+            (self.block_length is None or self.block_length >= 1, "block_length", "must be at least 1"),
+            (self.temperature_schedule in TEMPERATURE_SCHEDULES, "temperature_schedule",
+             f"must be one of {', '.join(TEMPERATURE_SCHEDULES)}"),
+        ]
+        for ok, name, why in checks:
+            if not ok:
+                raise PicolmError(f"{why} (got {getattr(self, name)!r})", field=flag(name))
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+COMMON_SAMPLING = tuple(f.name for f in dataclasses.fields(SamplingOptions) if not f.metadata["applies"])

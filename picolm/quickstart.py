@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from picolm.analysis.report import train_stage
 from picolm.config import build_config
-from picolm.data.pack import PrepareOptions, load_meta, prepare
-from picolm.train.report import train_stage
+from picolm.data.pack import prepare
+from picolm.data.preparation import PrepareOptions
+from picolm.data.tokens import load_meta
 
 RECIPES = Path(__file__).parent / "recipes"
 DPO_PAIRS = 2000  # 1600 to train on: the reference pass over them and an epoch fit the time budget

@@ -162,7 +162,8 @@ class SymbolTokenizer(Tokenizer):
         """The same vocabulary as a Hugging Face `tokenizers.Tokenizer` giving `encode`'s ids (with special tokens
         left in the text, as here): numeric splits on exactly what `str.split()` splits on, char on every code
         point. A symbol outside the vocabulary fails in both."""
-        from tokenizers import Regex, Tokenizer as RustTokenizer, decoders, models, pre_tokenizers
+        from tokenizers import Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as RustTokenizer
 
         tok = RustTokenizer(models.WordLevel(self.index, unk_token=None))
         if self.kind == "numeric":
@@ -184,7 +185,8 @@ def char_tokenizer(texts: Iterable[str]) -> SymbolTokenizer:
 
 
 def _byte_level(model):
-    from tokenizers import Tokenizer as RustTokenizer, decoders, pre_tokenizers
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, pre_tokenizers
 
     tok = RustTokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

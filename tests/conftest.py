@@ -39,7 +39,8 @@ def load_dataset_calls(hf_offline, monkeypatch):
 @pytest.fixture(scope="session")
 def numeric_data(tmp_path_factory):
     """A small built-in numeric data directory (600 sequences), prepared once per session."""
-    from picolm.data.pack import PrepareOptions, prepare
+    from picolm.data.pack import prepare
+    from picolm.data.preparation import PrepareOptions
 
     out = tmp_path_factory.mktemp("numeric")
     prepare(PrepareOptions(source="numeric", out=str(out), num_sequences=600), log=lambda *a: None)

@@ -12,7 +12,7 @@ from picolm.cli import main
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
 from picolm.models.gpt import GPT
-from picolm.models.loading import load_model
+from picolm.loading import load_model
 from picolm.tokenizer import numeric_tokenizer
 
 PNG = b"\x89PNG\r\n\x1a\n"

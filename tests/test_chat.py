@@ -17,8 +17,8 @@ from picolm.chat.terminal import chat_loop
 from picolm.chat.web import make_server
 from picolm.cli import main
 from picolm.errors import PicolmError
-from picolm.generate import SamplingOptions
-from picolm.models.loading import load_model
+from picolm.config import SamplingOptions
+from picolm.loading import load_model
 
 OPTIONS = SamplingOptions(max_new_tokens=12, temperature=0.0)
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from picolm.cli import main
-from picolm.models.loading import load_model
+from picolm.loading import load_model
 from conftest import TINY
 
 def picolm(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -141,7 +141,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(numeric_data, tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stderr
-    from picolm.train.checkpoint import load_checkpoint
+    from picolm.checkpoint import load_checkpoint
 
     stopped_at = load_checkpoint(run / "checkpoints" / "last.pt")["global_step"]
     assert stopped_at > 0
@@ -165,3 +165,30 @@ def test_numeric_prompt_and_continuation_are_separated(trained_run, capsys):
 def test_eval_refuses_an_empty_evaluation(trained_run):
     result = picolm("eval", str(trained_run), "--batch-size", "0")
     assert result.returncode == 2 and "evaluation: batch size and number of windows must be at least 1" in result.stderr
+
+
+def test_train_help_prints_every_setting_with_the_help_of_its_field(capsys):
+    """The help text lives in each dataclass field's metadata; `picolm train --help` prints all of them."""
+    import dataclasses
+
+    from picolm.config import SECTIONS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # wrapping moves line breaks; the words stay in order
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.metadata["help"], f"{section}.{f.name} has no help text"
+            assert f"--{section}.{f.name}" + "".join(f.metadata["help"].split()) in text
+
+
+def test_sampling_options_come_from_their_dataclass(capsys):
+    import dataclasses
+
+    from picolm.config import SamplingOptions
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = "".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(SamplingOptions):
+        assert "--" + f.name.replace("_", "-") in text and "".join(f.metadata["help"].split()) in text

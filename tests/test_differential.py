@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from picolm.config import ModelConfig
-from picolm.generate import SamplingOptions, generate_ids
+from picolm.config import SamplingOptions
+from picolm.generate import generate_ids
 from picolm.models.gpt import GPT
 
 

@@ -13,13 +13,15 @@ import torch
 from picolm.cli import main
 from picolm.config import ModelConfig, ObjectiveConfig, build_config
 from picolm.errors import PicolmError
-from picolm.generate import SamplingOptions, generate_ids
-from picolm.models import diffusion
-from picolm.models.diffusion import (antithetic_times, evaluate_nelbo, gumbel_max, mask_positions, sample,
-                                     unmask_counts, weighted_nll)
+from picolm.config import SamplingOptions
+from picolm.generate import generate_ids
+from picolm.loading import load_model
+from picolm.methods import sampling
+from picolm.methods.mdlm import (MaskedDiffusion, evaluate_nelbo, mask_positions, sample, unmask_counts,
+                                 weighted_nll)
+from picolm.methods.noise import antithetic_times
+from picolm.methods.sampling import gumbel_max
 from picolm.models.gpt import GPT
-from picolm.models.loading import load_model
-from picolm.train.objectives import MaskedDiffusion
 from picolm.train.trainer import Trainer
 from conftest import TINY
 
@@ -80,7 +82,7 @@ def test_a_uniform_model_has_the_hand_computed_loss():
     # every masked token costs log(10); row 1 has 2 masked at t = 1/4, row 2 has 5 at t = 0.8
     expected = math.log(10) * (2 / 0.25 + 5 / 0.8) / 12
     with torch.no_grad():
-        loss = weighted_nll(uniform_model(), X0, T, MASKED) / X0.numel()
+        loss = weighted_nll(uniform_model(), X0, T, MASKED)[0] / X0.numel()
     assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
@@ -95,15 +97,19 @@ def test_the_loss_is_the_weighted_cross_entropy_of_the_masked_tokens(monkeypatch
         z = logits[row, column]
         expected += (math.log(z.exp().sum()) - float(z[X0[row, column]])) / float(T[row])
     expected /= X0.numel()
-    assert float(weighted_nll(model, X0, T, MASKED).detach()) / X0.numel() == pytest.approx(expected, rel=1e-5)
+    nll, hits = weighted_nll(model, X0, T, MASKED)
+    assert float(nll.detach()) / X0.numel() == pytest.approx(expected, rel=1e-5)
+    argmax_hits = sum(int(logits[row, column].argmax() == X0[row, column]) for row, column in MASKED.nonzero().tolist())
+    assert int(hits) == argmax_hits
 
     objective = MaskedDiffusion(ObjectiveConfig(kind="mdlm"))
-    monkeypatch.setattr("picolm.train.objectives.antithetic_times", lambda n, eps, device=None: T)
-    monkeypatch.setattr("picolm.train.objectives.mask_positions", lambda x0, t: MASKED)
+    monkeypatch.setattr("picolm.methods.mdlm.antithetic_times", lambda n, eps, device=None: T)
+    monkeypatch.setattr("picolm.methods.mdlm.mask_positions", lambda x0, t: MASKED)
     loss, metrics = objective.loss(model, {"input_ids": X0})
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     total, count = metrics["loss"]
     assert int(count) == 12 and float(total / count) == pytest.approx(expected, rel=1e-5)
+    assert [int(v) for v in metrics["accuracy"]] == [argmax_hits, int(MASKED.sum())]
 
 
 @torch.no_grad()
@@ -111,9 +117,10 @@ def test_only_masked_tokens_count():
     model = diffusion_model()
     x_other = X0.clone()
     x_other[~MASKED] = (X0[~MASKED] + 1) % 10  # changes only what the model reads at unmasked positions
-    shifted = weighted_nll(model, x_other, T, MASKED)
-    assert float(weighted_nll(model, X0, T, torch.zeros_like(MASKED))) == 0.0
-    assert float(shifted) != pytest.approx(float(weighted_nll(model, X0, T, MASKED)))  # bidirectional: context counts
+    shifted = weighted_nll(model, x_other, T, MASKED)[0]
+    assert float(weighted_nll(model, X0, T, torch.zeros_like(MASKED))[0]) == 0.0
+    # bidirectional: the context counts
+    assert float(shifted) != pytest.approx(float(weighted_nll(model, X0, T, MASKED)[0]))
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8, 64])
@@ -255,7 +262,7 @@ def test_gumbel_max_samples_the_softmax_with_float64_noise(monkeypatch):
         seen.append(kwargs.get("dtype"))
         return real_rand(*args, **kwargs)
 
-    monkeypatch.setattr(diffusion.torch, "rand", spy)
+    monkeypatch.setattr(sampling.torch, "rand", spy)
     draws = gumbel_max(logits, torch.Generator().manual_seed(0))
     monkeypatch.undo()
     assert seen == [torch.float64]
@@ -272,7 +279,7 @@ def test_generate_ids_cuts_at_eos_and_refuses_what_does_not_apply():
     ar = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=11))
     for options in (SamplingOptions(steps=4), SamplingOptions(remasking="low_confidence"),
                     SamplingOptions(block_length=4)):
-        with pytest.raises(PicolmError, match="applies to masked-diffusion models only"):
+        with pytest.raises(PicolmError, match="applies to .*diffusion models.* only; this model decodes left to right"):
             generate_ids(ar, [[1]], options)
 
 
@@ -295,9 +302,12 @@ def test_training_adds_a_mask_token_and_logs_the_bound(diffusion_run, numeric_da
     rows = [json.loads(line) for line in (diffusion_run / "metrics.jsonl").read_text().splitlines()]
     evaluations = [r for r in rows if "val/perplexity_bound" in r]
     assert [r["step"] for r in evaluations] == [10, 20]
-    for r in evaluations:
-        assert r["val/perplexity_bound"] == pytest.approx(math.exp(r["val/loss"]))
-        assert 0 <= r["val/masked_accuracy"] <= 1 and "val/perplexity" not in r
+    for r in evaluations:  # one vocabulary: its perplexity is the ELBO bound, also kept under its own name
+        assert r["val/perplexity_bound"] == r["val/perplexity"] == pytest.approx(math.exp(r["val/loss"]))
+        assert 0 <= r["val/masked_accuracy"] == r["val/accuracy"] <= 1
+    trained = [r for r in rows if "train/loss" in r]
+    assert trained and all({"train/accuracy", "train/perplexity", "train/perplexity_bound", "train/lr",
+                            "train/tokens_per_sec"} <= set(r) for r in trained)
     assert "[sample]" in (diffusion_run / "samples.txt").read_text()
 
 
@@ -305,9 +315,9 @@ def test_eval_reports_the_bound_and_says_so(diffusion_run, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["eval", str(diffusion_run), "--max-windows", "64", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["perplexity_bound"] == pytest.approx(math.exp(result["loss"]))
-    assert 0 <= result["masked_accuracy"] <= 1 and "perplexity" not in result
-    assert "upper bound" in result["bound"]
+    assert result["perplexity_bound"] == result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+    assert 0 <= result["masked_accuracy"] == result["accuracy"] <= 1
+    assert "upper bound" in result["note"]
     assert "upper bound" in capsys.readouterr().out
     assert main(["eval", str(diffusion_run), "--max-windows", "64", "--json", str(tmp_path / "again.json")]) == 0
     assert json.loads((tmp_path / "again.json").read_text()) == result
@@ -316,11 +326,19 @@ def test_eval_reports_the_bound_and_says_so(diffusion_run, tmp_path, capsys):
     assert "generation/distinct_1" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("metric", ["speed", "kinds", "length"])
+@pytest.mark.parametrize("metric", ["kinds", "length", "preference"])
 def test_eval_refuses_metrics_that_decode_left_to_right(diffusion_run, metric, capsys):
     assert main(["eval", str(diffusion_run), "--metrics", metric]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and f"--metrics: '{metric}' needs an autoregressive model" in lines[0]
+    assert len(lines) == 1 and f"--metrics: '{metric}' is not for masked diffusion models (mdlm)" in lines[0]
+
+
+def test_eval_measures_the_speed_of_a_diffusion_model_at_its_steps(diffusion_run, tmp_path):
+    out = tmp_path / "speed.json"
+    assert main(["eval", str(diffusion_run), "--metrics", "speed", "--steps", "4", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["speed/denoising_steps"] == 4
+    assert result["speed/tokens_per_second_batch_1"] > 0 and result["speed/tokens_per_second_batch_8"] > 0
 
 
 def test_generate_writes_numbers_after_the_prompt(diffusion_run, capsys):
@@ -381,7 +399,7 @@ def test_resume_continues_a_diffusion_run_bit_for_bit(numeric_data, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--objective.kind", "mdlm"], "model.causal: masked diffusion needs a bidirectional model"),
     ([*DIFFUSION, "--model.attention", "linear"], "model.attention: linear attention is built in its causal"),
-    (["--model.mask_id", "5"], "model.mask_id: a mask token belongs to masked diffusion"),
+    (["--model.mask_id", "5"], "model.mask_id: belongs to masked diffusion (objective.kind mdlm)"),
     ([*DIFFUSION, "--objective.eps", "0"], "objective.eps: must be in (0, 1)"),
 ])
 def test_settings_that_do_not_fit_are_refused_when_read(numeric_data, tmp_path, args, message, capsys):
@@ -399,15 +417,16 @@ def test_diffusion_sampling_options_are_refused_for_a_left_to_right_model(traine
     extra = {"generate": ["--prompt", "3 4"], "chat": ["--chats-dir", str(tmp_path)], "eval": []}[verb]
     assert main([verb, str(trained_run), *extra, *option]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and f"{option[0]}: applies to masked-diffusion models only" in lines[0]
+    assert len(lines) == 1 and f"{option[0]}: applies to" in lines[0] and "decodes left to right" in lines[0]
 
 
 def test_a_diffusion_run_is_no_starting_point_for_left_to_right_training(diffusion_run, trained_run, numeric_data,
                                                                          tmp_path, capsys):
     assert main(["train", "--data", str(numeric_data), "--out", str(tmp_path / "a"), "--init-from",
-                 str(diffusion_run), "--train.max_steps", "1", "--log.progress", "false"]) == 2
+                 str(diffusion_run), "--train.max_steps", "1", "--log.progress", "false",
+                 "--objective.kind", "next_token"]) == 2
     error = capsys.readouterr().err
-    assert "train.init_from: a masked-diffusion model trains on only with objective.kind mdlm" in error
+    assert "train.init_from: this masked diffusion model trains on only with objective.kind mdlm" in error
     assert main(["train", "--data", str(numeric_data), "--out", str(tmp_path / "b"), "--init-from",
                  str(trained_run), "--train.max_steps", "1", "--log.progress", "false", *DIFFUSION]) == 2
     assert "train.init_from: masked diffusion starts from scratch" in capsys.readouterr().err

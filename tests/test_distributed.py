@@ -63,7 +63,7 @@ def test_two_processes_with_half_the_batch_each_match_one_process(numeric_data, 
     assert len(train_losses(run)) == 6
     assert result.stdout.count("run directory:") == 1
     assert "x 2 processes" in result.stdout
-    from picolm.train.checkpoint import load_checkpoint
+    from picolm.checkpoint import load_checkpoint
 
     state, reference = (load_checkpoint(r / "checkpoints" / "last.pt") for r in (run, one_process))
     assert state["tokens_seen"] == reference["tokens_seen"]

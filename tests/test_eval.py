@@ -79,17 +79,16 @@ def test_per_kind_loss_is_the_mean_over_that_kinds_numbers(numeric_data):
     import torch
 
     from picolm.config import ModelConfig
-    from picolm.data.loader import eval_windows
-    from picolm.data.pack import load_meta
-    from picolm.eval.lm import evaluate_tokens, load_split
+    from picolm.data.loader import eval_windows, window_batches
+    from picolm.data.tokens import load_meta, load_split
+    from picolm.methods.next_token import evaluate_tokens
     from picolm.models.gpt import GPT
 
     meta = load_meta(numeric_data)
     tokens, kinds = load_split(numeric_data, "val")
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=meta["vocab_size"])).eval()
-    result = evaluate_tokens(model, tokens, 16, batch_size=4, max_windows=12, kinds=kinds, kind_names=meta["kinds"],
-                             eos_id=meta["eos_id"])
+    result = evaluate_tokens(model, window_batches(tokens, 16, 4, 12, kinds, meta["eos_id"]), meta["kinds"])
     sums, counts = {}, {}
     for start in eval_windows(tokens, 16, 12):
         window = torch.from_numpy(np.asarray(tokens[start:start + 17], dtype=np.int64))

@@ -4,18 +4,11 @@ sampling filters against transformers' logits processors, stop strings, streamin
 import pytest
 import torch
 
-from picolm.config import ModelConfig
+from picolm.config import ModelConfig, SamplingOptions
 from picolm.errors import PicolmError
-from picolm.generate import (
-    SamplingOptions,
-    TextGenerator,
-    TextStream,
-    decode_steps,
-    filter_logits,
-    generate_ids,
-    penalize_repeats,
-)
-from picolm.models.export import to_gpt2
+from picolm.generate import TextGenerator, TextStream, generate_ids
+from picolm.methods.sampling import LeftToRight, filter_logits, penalize_repeats
+from picolm.interop.convert import to_gpt2
 from picolm.models.gpt import GPT
 
 GREEDY = SamplingOptions(max_new_tokens=24, temperature=0.0)
@@ -206,4 +199,4 @@ def test_long_prompts_keep_their_end_and_say_so():
 def test_bad_settings_name_the_option(field, value):
     options = SamplingOptions(**{field: value})
     with pytest.raises(PicolmError, match="--" + field.replace("_", "-")):
-        list(decode_steps(model_with(), [[1, 2]], options))
+        list(LeftToRight().steps(model_with(), [[1, 2]], options))

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 from picolm.data.examples import PairExamples, collate_pairs
 from picolm.errors import PicolmError
-from picolm.models.hf import HFCausalLM, hf_checkpoint_config, hf_model_from_checkpoint, load_hf_model
-from picolm.models.linear_cross_entropy import IGNORE_INDEX
+from picolm.interop.hf import HFCausalLM, hf_checkpoint_config, hf_model_from_checkpoint, load_hf_model
+from picolm.data.examples import IGNORE_INDEX
 from picolm.tokenizer import EOS, train_bpe
-from picolm.train.checkpoint import load_checkpoint, save_checkpoint
-from picolm.train.objectives import sequence_log_probs
+from picolm.checkpoint import load_checkpoint, save_checkpoint
+from picolm.methods.sequences import sequence_log_probs
 
 transformers = pytest.importorskip("transformers")
 
@@ -256,8 +256,8 @@ def test_folder_without_tokenizer_json_uses_vocab_and_merges(saved, tmp_path):
 
 
 def test_module_imports_transformers_lazily():
-    """Only inside functions: `import picolm.models.hf` must not pay for transformers."""
-    import picolm.models.hf as module
+    """Only inside functions: `import picolm.interop.hf` must not pay for transformers."""
+    import picolm.interop.hf as module
 
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]

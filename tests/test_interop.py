@@ -16,9 +16,9 @@ from conftest import TINY
 from picolm.cli import main
 from picolm.data.loader import TokenWindows
 from picolm.errors import PicolmError
-from picolm.export import hf_tokenizer
-from picolm.models.export import from_gpt2, to_gpt2
-from picolm.models.loading import load_model, load_start
+from picolm.interop.export import hf_tokenizer
+from picolm.interop.convert import from_gpt2, to_gpt2
+from picolm.loading import load_model, load_start
 from picolm.tokenizer import (EOS, HFTokenizer, char_tokenizer, gpt2_tokenizer, hub_tokenizer, numeric_tokenizer,
                              train_bpe)
 
@@ -241,7 +241,7 @@ def test_exported_runs_load_without_picolm_and_give_its_logits(exported, tmp_pat
 
 @pytest.mark.parametrize("kind", ["linear", "differential"])
 def test_other_models_export_as_picolm_for_causal_lm(exported, kind):
-    from picolm.models.picolm_transformers import PicolmForCausalLM  # importing it registers the Auto classes
+    from picolm.interop.picolm_transformers import PicolmForCausalLM  # importing it registers the Auto classes
 
     run, folder = exported[kind]
     loaded = load_model(run)
@@ -359,4 +359,5 @@ def test_help_names_the_export_classes_and_the_norm_option():
         assert name in export_help
     train_help = " ".join(subprocess.run([sys.executable, "-m", "picolm", "train", "--help"], capture_output=True,
                                          text=True, timeout=60).stdout.split())
-    assert "norm=layernorm" in train_help and "GPT-2 in Hugging Face form" in train_help
+    assert "--model.norm" in train_help and "layernorm | rmsnorm" in train_help
+    assert "GPT-2 in Hugging Face form" in train_help

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import picolm.models.linear_cross_entropy as lce
-from picolm.models.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
+from picolm.data.examples import IGNORE_INDEX
+from picolm.models.linear_cross_entropy import linear_cross_entropy
 
 
 @pytest.mark.parametrize("chunk_elements", [7 * 70, 64 * 70, 1 << 22])  # several chunks with a ragged last one

@@ -5,7 +5,7 @@ import torch
 
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
-from picolm.models.export import from_gpt2, to_gpt2, to_llama, to_neox
+from picolm.interop.convert import from_gpt2, to_gpt2, to_llama, to_neox
 from picolm.models.gpt import GPT, NORM_EPS
 
 

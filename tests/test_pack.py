@@ -9,7 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from picolm.data.pack import MAGIC, PrepareOptions, prepare, read_tokens, write_tokens
+from picolm.data.pack import prepare
+from picolm.data.preparation import PrepareOptions
+from picolm.data.tokens import MAGIC, read_tokens, write_tokens
 from picolm.data.synthetic import KINDS, NumericSpec, generate_numeric
 from picolm.errors import PicolmError
 from picolm.tokenizer import load_tokenizer

@@ -16,13 +16,14 @@ from safetensors import safe_open
 
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
-from picolm.generate import SamplingOptions, generate_ids
+from picolm.config import SamplingOptions
+from picolm.generate import generate_ids
 from picolm.models.gpt import GPT
-from picolm.models.linear_cross_entropy import IGNORE_INDEX
-from picolm.models.loading import build_model
+from picolm.data.examples import IGNORE_INDEX
+from picolm.models.build import build_model
 
 transformers = pytest.importorskip("transformers")
-from picolm.models.picolm_transformers import PicolmConfig, PicolmForCausalLM  # noqa: E402
+from picolm.interop.picolm_transformers import PicolmConfig, PicolmForCausalLM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 97
@@ -268,5 +269,11 @@ print(json.dumps({{"class": type(model).__module__ + "." + type(model).__name__,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["class"] == "picolm.models.picolm_transformers.PicolmForCausalLM"
+    assert result["class"] == "picolm.interop.picolm_transformers.PicolmForCausalLM"
     assert Path(result["picolm"]).resolve().is_relative_to(ROOT) and result["diff"] <= 1e-6
+
+
+def test_folders_exported_before_the_interop_folder_still_find_the_classes():
+    from picolm.models.picolm_transformers import PicolmConfig as OldConfig, PicolmForCausalLM as OldModel
+
+    assert OldModel is PicolmForCausalLM and OldConfig is PicolmConfig

@@ -5,7 +5,7 @@ import torch
 
 from picolm.cli import main
 from picolm.config import build_config
-from picolm.models.loading import build_model
+from picolm.models.build import build_model
 from picolm.train.plan import estimate
 
 

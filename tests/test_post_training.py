@@ -11,13 +11,14 @@ from picolm.cli import main
 from picolm.config import ModelConfig, build_config
 from picolm.data.examples import (PairExamples, SFTExamples, collate_pairs, collate_sft, encode_pairs, encode_sft,
                                   read_records)
-from picolm.data.pack import PrepareOptions, prepare
+from picolm.data.pack import prepare
+from picolm.data.preparation import PrepareOptions
 from picolm.data.records import BadRows
 from picolm.errors import PicolmError
 from picolm.models.gpt import GPT
-from picolm.models.linear_cross_entropy import IGNORE_INDEX
-from picolm.train.checkpoint import load_checkpoint
-from picolm.train.objectives import sequence_log_probs
+from picolm.data.examples import IGNORE_INDEX
+from picolm.checkpoint import load_checkpoint
+from picolm.methods.sequences import sequence_log_probs
 from picolm.train.trainer import Trainer
 from test_trainer import interrupt_after, losses
 
@@ -206,7 +207,7 @@ def test_cli_bad_rows_stop_before_training_unless_skipped(pipeline, tmp_path, ca
 
 def test_eval_scores_preference_pairs_with_and_without_a_reference(pipeline, tmp_path):
     from picolm.data.examples import load_examples
-    from picolm.models.loading import load_model
+    from picolm.loading import load_model
 
     base = load_model(pipeline / "base")
     pairs = load_examples(pipeline / "dpo-data", "test", "dpo", base.tokenizer, 256, BadRows(skip=True))

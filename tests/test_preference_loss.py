@@ -28,7 +28,7 @@ pytest.importorskip("trl")
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer  # noqa: E402  (slow import, once)
 from trl.trainer.utils import FusedCausalLMOutput  # noqa: E402
 
-from picolm.train.preference import preference_loss  # noqa: E402
+from picolm.methods.preference import preference_loss  # noqa: E402
 
 SEEDS = (0, 1, 2)
 BETAS = (0.05, 0.1, 0.5, 1.0)

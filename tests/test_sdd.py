@@ -4,6 +4,7 @@ and its metrics, the k curriculum, the refusals, the deterministic sampler, and 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,12 +12,13 @@ import torch.nn.functional as F
 from conftest import TINY
 from picolm.cli import main
 from picolm.config import ModelConfig, ObjectiveConfig
-from picolm.generate import SamplingOptions, generate_ids
+from picolm.config import SamplingOptions
+from picolm.generate import generate_ids
+from picolm.loading import load_model
+from picolm.methods.sdd import (SparseDistributionDiffusion, add_noise, clean_state, denoising_metrics, documents, k_at,
+                                sample, score, swap_probability, temperature_at)
 from picolm.models.gpt import GPT
-from picolm.models.loading import load_model
-from picolm.models.sdd import (SDD, add_noise, clean_state, denoising_metrics, documents, k_at, sample, score,
-                               swap_probability)
-from picolm.train.sdd_objective import SparseDistributionDiffusion
+from picolm.models.sdd import SDD
 
 V, IGNORE = 13, 12  # 12 real tokens and IGNORE
 
@@ -257,36 +259,71 @@ def test_sdd_settings_on_a_gpt_are_refused(numeric_data, tmp_path, capsys):
 # ---------------------------------------------------------------- the sampler
 
 
-def test_the_sampler_is_deterministic_keeps_the_prompt_and_takes_steps_forward_passes():
+def test_the_sampler_decides_the_length_first_keeps_the_prompt_and_takes_steps_forward_passes():
     m = model(k=3)
     calls = []
     m.register_forward_hook(lambda *_: calls.append(1))
     prompts = [[1, 2, 3], [4], []]
-    first = sample(m, prompts, steps=5, vocab_size=10, seed=7)
-    assert len(calls) == 5
-    assert torch.equal(sample(m, prompts, steps=5, vocab_size=10, seed=7), first)
-    assert not torch.equal(sample(m, prompts, steps=5, vocab_size=10, seed=8), first)
-    assert first[0, :3].tolist() == [1, 2, 3] and first[1, 0] == 4
-    assert bool(((first < 10) | (first == IGNORE)).all())  # tokenizer ids (10 here) or IGNORE, nothing between
+    first = sample(m, prompts, 5, steps=5, vocab_size=10, eos_id=0, seed=7)
+    assert len(calls) == 5 and first.shape == (3, 5)
+    assert torch.equal(sample(m, prompts, 5, steps=5, vocab_size=10, eos_id=0, seed=7), first)
+    assert not torch.equal(sample(m, prompts, 5, steps=5, vocab_size=10, eos_id=0, seed=8), first)
+    assert bool(((first > 0) & (first < 10)).all())  # tokenizer ids only: never EOS (0), IGNORE or past the vocabulary
 
     trace = []
-    sample(m, prompts, steps=4, seed=7, trace=trace)
-    for s, (_, probs) in enumerate(trace):
+    sample(m, prompts, 5, steps=4, vocab_size=10, eos_id=0, seed=7, trace=trace)
+    for s, (idx, probs) in enumerate(trace):
         torch.testing.assert_close(probs.sum(-1), torch.ones(3, 10))
         t_next = 1 - (s + 1) / 4
-        assert bool((probs[0, 3:] >= t_next / 3 - 1e-6).all())  # mixed toward uniform by the next t
-    assert torch.equal(trace[-1][1][0, :3], F.one_hot(torch.zeros(3, dtype=torch.long), 3).float())
+        assert bool((probs[0, 3:8] >= t_next / 3 - 1e-6).all())  # free positions mixed toward uniform by the next t
+        # the canvas around them stays clean: the prompt, then EOS, then IGNORE to the end of the context
+        assert idx[0, :3, 0].tolist() == [1, 2, 3] and idx[0, 8, 0] == 0 and bool((idx[0, 9:, 0] == IGNORE).all())
+        assert idx[1, 0, 0] == 4 and idx[1, 6, 0] == 0 and idx[2, 5, 0] == 0
+        fixed = torch.ones(3, 10, dtype=torch.bool)
+        for row, start in enumerate((3, 1, 0)):
+            fixed[row, start:start + 5] = False
+        assert bool((probs[fixed][:, 0] == 1).all())
 
 
-def test_generate_ids_returns_real_tokens_cut_at_eos_or_ignore():
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_temperature_schedules_run_from_one_and_a_half_to_half_the_temperature(schedule):
+    temperatures = [temperature_at(s, 5, 0.8, schedule) for s in range(5)]
+    if schedule == "constant":
+        assert temperatures == [0.8] * 5
+    else:
+        assert temperatures[0] == pytest.approx(1.2) and temperatures[-1] == pytest.approx(0.4)
+        assert temperatures == sorted(temperatures, reverse=True)
+    if schedule == "linear":
+        assert np.diff(temperatures) == pytest.approx([-0.2] * 4)
+
+
+def test_confidence_weighting_and_stochastic_draws():
+    m = model(k=3)
+    kwargs = dict(vocab_size=10, eos_id=0, seed=3)
+    plain, confident = [], []
+    sample(m, [[1, 2]], 6, steps=3, trace=plain, **kwargs)
+    sample(m, [[1, 2]], 6, steps=3, confidence_weighted=True, trace=confident, **kwargs)
+    # a confident position leaves the uniform mixture faster: its top weight is never below the plain one's
+    assert bool((confident[0][1][0, 2:8, 0] >= plain[0][1][0, 2:8, 0] - 1e-6).all())
+    assert not torch.equal(confident[0][1], plain[0][1])
+    deterministic = [sample(m, [[1, 2]], 6, steps=3, temperature=1.0, **kwargs) for _ in range(2)]
+    drawn = [sample(m, [[1, 2]], 6, steps=3, temperature=1.0, stochastic=True, **{**kwargs, "seed": s})
+             for s in range(4)]
+    assert torch.equal(*deterministic)
+    assert any(not torch.equal(d, drawn[0]) for d in drawn[1:])
+    assert all(bool(((d > 0) & (d < 10)).all()) for d in drawn)
+
+
+def test_generate_ids_returns_the_requested_length_of_real_tokens():
     m = model(k=2)
     options = SamplingOptions(max_new_tokens=5, steps=3, temperature=0.0)
     rows = generate_ids(m, [[1, 2], [0]], options, eos_id=0, vocab_size=10)
     assert rows == generate_ids(m, [[1, 2], [0]], options, eos_id=0, vocab_size=10)
-    for row in rows:
-        assert len(row) <= 5 and all(0 < t < 10 for t in row)
-    with pytest.raises(Exception, match="repetition-penalty|penalize"):
+    assert [len(row) for row in rows] == [5, 5] and all(0 < t < 10 for row in rows for t in row)
+    with pytest.raises(Exception, match="repetition-penalty"):
         generate_ids(m, [[1]], SamplingOptions(repetition_penalty=1.2), eos_id=0, vocab_size=10)
+    with pytest.raises(Exception, match="--remasking: applies to masked-diffusion models only"):
+        generate_ids(m, [[1]], SamplingOptions(remasking="low_confidence"), eos_id=0, vocab_size=10)
 
 
 # ---------------------------------------------------------------- every verb, end to end
@@ -301,8 +338,10 @@ def test_train_eval_generate_reload_and_resume_from_the_command_line(numeric_dat
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ks = [r["train/k"] for r in rows if "train/k" in r]
     assert ks == sorted(ks) and ks[0] == 1 and ks[-1] == 4
-    val = [r for r in rows if "val/loss" in r][-1]
-    assert {"val/loss", "val/accuracy", "val/ignore_acc"} <= set(val) and "val/perplexity" not in val
+    val = [r for r in rows if "val/loss" in r][-1]  # one vocabulary; its perplexity says it is a denoising one
+    assert {"val/loss", "val/accuracy", "val/ignore_acc", "val/perplexity", "val/denoising_perplexity"} <= set(val)
+    assert val["val/perplexity"] == val["val/denoising_perplexity"] == pytest.approx(math.exp(val["val/loss"]))
+    assert all({"train/accuracy", "train/perplexity", "train/k"} <= set(r) for r in rows if "train/loss" in r)
 
     loaded = load_model(run)
     assert isinstance(loaded.model, SDD) and loaded.model.config.sdd_k == 4
@@ -313,16 +352,18 @@ def test_train_eval_generate_reload_and_resume_from_the_command_line(numeric_dat
     capsys.readouterr()
     assert main(["eval", str(run), "--json", str(tmp_path / "eval.json")]) == 0
     first = json.loads((tmp_path / "eval.json").read_text())
-    assert {"loss", "accuracy", "ignore_acc", "note"} <= set(first) and "perplexity" not in first
+    assert {"loss", "accuracy", "ignore_acc", "perplexity", "note"} <= set(first)
+    assert "not a bound" in first["note"]
     assert main(["eval", str(run), "--json", str(tmp_path / "again.json")]) == 0
     assert json.loads((tmp_path / "again.json").read_text())["loss"] == first["loss"]  # deterministic
-    assert main(["eval", str(run), "--metrics", "speed"]) == 2
+    assert main(["eval", str(run), "--metrics", "speed", "--steps", "2"]) == 0
+    assert main(["eval", str(run), "--metrics", "kinds"]) == 2
 
     capsys.readouterr()
     assert main(["generate", str(run), "--prompt", "1 2 3", "--max-new-tokens", "8", "--steps", "4"]) == 0
     once = capsys.readouterr().out
     assert main(["generate", str(run), "--prompt", "1 2 3", "--max-new-tokens", "8", "--steps", "4"]) == 0
-    assert capsys.readouterr().out == once and once.startswith("1 2 3")
+    assert capsys.readouterr().out == once and once.startswith("1 2 3") and len(once.split()) == 3 + 8
     assert main(["generate", str(run), "--prompt", "1 2 3", "--remasking", "low_confidence"]) == 2
 
     assert main(["train", "--resume", str(run), "--train.max_steps", "30"]) == 0

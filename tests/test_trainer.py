@@ -11,7 +11,8 @@ import torch
 
 from picolm.config import build_config
 from picolm.errors import PicolmError, TrainingStopped
-from picolm.train.checkpoint import load_checkpoint
+from picolm.methods.family import Objective
+from picolm.checkpoint import load_checkpoint
 from picolm.train.optim import lr_factor, newton_schulz
 from picolm.train.trainer import Trainer
 
@@ -85,7 +86,7 @@ def test_gradient_accumulation_matches_one_big_batch(numeric_data, tmp_path):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
 
 
-class NaNAfter:
+class NaNAfter(Objective):
     """Wraps an objective so that its loss turns NaN from a given call on."""
 
     def __init__(self, inner, calls):
@@ -251,7 +252,7 @@ def test_token_ids_outside_the_vocabulary_are_refused(numeric_data, tmp_path):
 
     import numpy as np
 
-    from picolm.data.pack import read_tokens, write_tokens
+    from picolm.data.tokens import read_tokens, write_tokens
 
     data = tmp_path / "data"
     shutil.copytree(numeric_data, data)
@@ -263,7 +264,7 @@ def test_token_ids_outside_the_vocabulary_are_refused(numeric_data, tmp_path):
 
 
 def test_resuming_a_checkpoint_of_another_architecture_is_refused(numeric_data, tmp_path):
-    from picolm.train.checkpoint import save_checkpoint
+    from picolm.checkpoint import save_checkpoint
 
     make_trainer(numeric_data, tmp_path / "run", **{"train.max_steps": 2}).fit()
     last = tmp_path / "run" / "checkpoints" / "last.pt"
@@ -317,7 +318,7 @@ def test_a_run_stopped_by_its_time_budget_is_evaluated_at_its_last_step(numeric_
 
 
 def test_no_samples_means_none(numeric_data, tmp_path):
-    from picolm.data.pack import read_tokens
+    from picolm.data.tokens import read_tokens
     from picolm.eval.samples import document_openings
 
     tokens = read_tokens(numeric_data / "val.bin")
@@ -328,7 +329,7 @@ def test_no_samples_means_none(numeric_data, tmp_path):
 def test_checkpoint_weights_are_also_safetensors(numeric_data, tmp_path):
     from safetensors import safe_open
 
-    from picolm.train.checkpoint import load_weights
+    from picolm.checkpoint import load_weights
 
     trainer = make_trainer(numeric_data, tmp_path / "run", **{"train.max_steps": 5})
     trainer.fit()
@@ -345,7 +346,7 @@ def test_checkpoint_weights_are_also_safetensors(numeric_data, tmp_path):
 
 
 def test_a_corrupt_safetensors_file_is_named(tmp_path):
-    from picolm.train.checkpoint import load_weights
+    from picolm.checkpoint import load_weights
 
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"not safetensors")

@@ -12,7 +12,9 @@ import pytest
 
 from picolm.cli import main
 from picolm.data.loader import TokenWindows, train_windows
-from picolm.data.pack import PrepareOptions, TokenWriter, prepare, read_tokens, write_tokens
+from picolm.data.pack import prepare
+from picolm.data.preparation import PrepareOptions
+from picolm.data.tokens import TokenWriter, read_tokens, write_tokens
 from picolm.data.sources import read_text_file, stream_local, stream_text_file
 from picolm.errors import PicolmError
 from picolm.tokenizer import load_tokenizer

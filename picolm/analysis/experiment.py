@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from picolm.errors import PicolmError
-from picolm.eval.lm import WARMUP_NUMBERS
+from picolm.methods.next_token import WARMUP_NUMBERS
 
 KEYS = ("title", "description", "data", "recipe", "runs", "evaluate", "analyze", "samples")
 ONCE = ("length", "generation", "speed")  # metrics that do not read the split: evaluated once, on the last split
@@ -83,6 +83,7 @@ def load_experiment(target: str | Path) -> Experiment:
     """Read and check a compare recipe; every run's training config is built once here, so a bad setting stops
     the experiment before anything is trained."""
     from picolm.config import build_config
+    from picolm.methods import check_config
 
     path = Path(target)
     if not path.is_file() and (BUILT_IN / f"{target}.yaml").is_file():
@@ -123,7 +124,7 @@ def load_experiment(target: str | Path) -> Experiment:
                             evaluate.get("max_windows", 256), list(document.get("analyze") or []), samples)
     for name, settings in experiment.runs.items():
         try:
-            build_config(None, {**experiment.recipe, **settings})
+            check_config(build_config(None, {**experiment.recipe, **settings}))
         except PicolmError as exc:
             key = exc.field if exc.field in settings else None
             where = f"runs.{name}.{key}" if key else f"recipe.{exc.field}"
@@ -133,7 +134,9 @@ def load_experiment(target: str | Path) -> Experiment:
 
 def prepare_data(experiment: Experiment, out: Path, log=print) -> Path:
     """The experiment's data directory: the first source of `data` that can be prepared (kept if already there)."""
-    from picolm.data.pack import PrepareOptions, load_meta, prepare
+    from picolm.data.pack import prepare
+    from picolm.data.preparation import PrepareOptions
+    from picolm.data.tokens import load_meta
 
     failures = []
     for options in experiment.data:
@@ -153,28 +156,43 @@ def prepare_data(experiment: Experiment, out: Path, log=print) -> Path:
 
 def _train_run(name: str, config, run_dir: Path) -> Path:
     """Train one run, or continue it: an earlier run with other model or data settings is never overwritten."""
-    from picolm.config import load_config
-    from picolm.train.report import train_stage
+    from picolm.analysis.report import train_stage
+    from picolm.config import SECTIONS, filled_in_by_training, load_config
 
     if (run_dir / "config.yaml").is_file():
         saved = load_config(run_dir / "config.yaml").to_dict()
         for section in ("model", "data", "objective"):
             for key, value in config.to_dict()[section].items():
-                if key not in ("vocab_size", "mask_id") and saved[section].get(key) != value:
+                if not filled_in_by_training(SECTIONS[section], key, value) and saved[section].get(key) != value:
                     raise PicolmError(f"{run_dir} was trained with {section}.{key} = {saved[section].get(key)!r}, "
                                       f"not {value!r}: remove it or pass another --out", field=f"runs.{name}")
     return train_stage(name, config, run_dir)
 
 
+def sampling(experiment: Experiment, model):
+    """The recipe's sampling settings (`samples`) for this model: `steps` only where its sampler reads them, so one
+    recipe samples every family."""
+    from picolm.config import SamplingOptions
+    from picolm.generate import sampler_for
+
+    settings = experiment.samples
+    steps = settings.get("steps") if "steps" in sampler_for(model).reads else None
+    return SamplingOptions(max_new_tokens=int(settings.get("max_new_tokens", 40)),
+                           temperature=float(settings.get("temperature", 0.8)), top_k=settings.get("top_k"),
+                           seed=int(settings.get("seed", 0)), steps=steps)
+
+
 def evaluate_run(experiment: Experiment, loaded, device) -> dict:
-    """Every split's metrics, as {"test/loss": ...}; metrics that ignore the split are computed once."""
+    """Every split's metrics, as {"test/loss": ...}; metrics that ignore the split are computed once (`generation`
+    with the recipe's sampling settings)."""
     from picolm.eval.suite import EvalRequest, RunEvaluation
 
     result = {}
     for i, split in enumerate(experiment.splits):
         last = i == len(experiment.splits) - 1
         metrics = tuple(m for m in experiment.metrics if last or m not in ONCE)
-        request = EvalRequest(metrics=metrics, split=split, max_windows=experiment.max_windows)
+        request = EvalRequest(metrics=metrics, split=split, max_windows=experiment.max_windows,
+                              sampling=sampling(experiment, loaded.model))
         values = RunEvaluation(loaded, request, device).run()
         result.update({key if key.split("/")[0] in ONCE else f"{split}/{key}": value for key, value in values.items()
                        if key not in ("checkpoint", "split", "tokens")})
@@ -182,16 +200,13 @@ def evaluate_run(experiment: Experiment, loaded, device) -> dict:
 
 
 def sample_run(experiment: Experiment, loaded, device) -> dict:
-    """Text from the run's model for each prompt, and its generation speed in new tokens per second."""
-    from picolm.generate import SamplingOptions, generate_ids
-    from picolm.models.diffusion import is_denoiser
+    """Text from the run's model for each prompt, its generation speed in new tokens per second, and the share of
+    the new tokens asked for that it wrote (`length`: a row ends early at its EOS)."""
+    from picolm.generate import generate_ids
 
-    settings = experiment.samples
-    options = SamplingOptions(max_new_tokens=int(settings.get("max_new_tokens", 40)),
-                              temperature=float(settings.get("temperature", 0.8)), top_k=settings.get("top_k"),
-                              seed=int(settings.get("seed", 0)), steps=settings.get("steps") if is_denoiser(loaded.model) else None)
+    options = sampling(experiment, loaded.model)
     tokenizer = loaded.tokenizer
-    prompts = [tokenizer.encode(p) for p in settings.get("prompts", [])]
+    prompts = [tokenizer.encode(p) for p in experiment.samples.get("prompts", [])]
     generate_ids(loaded.model, prompts[:1], replace(options, max_new_tokens=2), tokenizer.eos_id,
                  tokenizer.vocab_size, device)  # warm-up: the first call pays for allocations, not the timing
     started = time.perf_counter()
@@ -199,7 +214,8 @@ def sample_run(experiment: Experiment, loaded, device) -> dict:
     seconds = time.perf_counter() - started
     new_tokens = sum(map(len, rows))
     return {"texts": [tokenizer.decode(p + r) for p, r in zip(prompts, rows)],
-            "tokens_per_second": new_tokens / seconds if seconds > 0 else 0.0}
+            "tokens_per_second": new_tokens / seconds if seconds > 0 else 0.0,
+            "length": new_tokens / (len(prompts) * options.max_new_tokens)}
 
 
 def analyze_checkpoint(experiment: Experiment, checkpoint: Path, out: Path, device, log=print) -> list[str]:
@@ -217,10 +233,9 @@ def run_experiment(experiment: Experiment, out: str | Path | None = None, overri
     """Prepare, train, evaluate, sample and analyse every run; write table.md, results.json and curves.png.
     Returns the report. An interrupted experiment picks up where it stopped when run again."""
     from picolm.config import build_config
-    from picolm.data.pack import load_meta
-    from picolm.models.loading import load_model
-
-    from picolm.train.trainer import resolve_device
+    from picolm.data.tokens import load_meta
+    from picolm.loading import load_model
+    from picolm.runtime import resolve_device
 
     started = time.perf_counter()
     device = str(resolve_device(device, field="--device"))
@@ -261,17 +276,19 @@ def results_table(experiment: Experiment, results: dict) -> str:
     """One row per run: what it changes, its size and training, and each split's loss, perplexity and accuracy."""
     split_columns = []
     for split in experiment.splits:
-        for metric in ("loss", "perplexity", "perplexity_bound", "accuracy", "masked_accuracy", "ignore_acc"):
+        for metric in ("loss", "perplexity", "accuracy", "ignore_acc"):  # the shared names (the notes say what)
             if any(f"{split}/{metric}" in r["metrics"] for r in results.values()):
                 split_columns.append(f"{split}/{metric}")
-    extra = ["length/accuracy"] if any("length/accuracy" in r["metrics"] for r in results.values()) else []
-    speed = ["tokens/s"] if any("samples" in r for r in results.values()) else []
+    extra = [name for name in ("length/accuracy", "generation/distinct_2", "generation/self_bleu")
+             if any(name in r["metrics"] for r in results.values())]
+    speed = ["tokens/s", "sample length"] if any("samples" in r for r in results.values()) else []
     header = ["run", "settings", "parameters", "steps", "train min", *split_columns, *extra, *speed]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         cells = [name, _settings_text(r["settings"]), f"{r['parameters']:,}", str(r["steps"]), f"{r['train_minutes']:.1f}"]
         cells += [_cell(r["metrics"].get(c)) for c in split_columns + extra]
-        cells += [f"{r['samples']['tokens_per_second']:.0f}"] if speed and "samples" in r else ["—"] * len(speed)
+        cells += [f"{r['samples']['tokens_per_second']:.0f}", f"{r['samples']['length']:.0%}"] if speed and \
+            "samples" in r else ["—"] * len(speed)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -299,7 +316,7 @@ def kind_tables(experiment: Experiment, results: dict) -> list[str]:
 
 def write_report(experiment: Experiment, out: Path, data: Path, results: dict, minutes: float) -> Path:
     from picolm.analysis.compare import plot_runs
-    from picolm.data.pack import load_meta
+    from picolm.data.tokens import load_meta
     from picolm.train.tracking import read_metrics
 
     meta = load_meta(data)

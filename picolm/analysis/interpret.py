@@ -220,25 +220,21 @@ def mlp_kind_statistics(model, tokens: np.ndarray, kinds: np.ndarray, n_kinds: i
                         max_windows: int = 256, batch_size: int = 16) -> list[KindStatistics]:
     """Per layer, the MLP hidden activations (the input of `mlp.proj`: after GELU, or SwiGLU's gate times up)
     averaged per sequence kind over validation windows. End-of-text tokens and tokens of no kind are left out."""
-    from picolm.data.loader import eval_windows
+    from picolm.data.loader import window_batches
 
-    block_size = model.config.block_size
-    starts = eval_windows(tokens, block_size, max_windows)
-    if not starts:
-        raise PicolmError(f"only {len(tokens)} tokens: fewer than one window of block_size + 1", field="--data")
+    batches = window_batches(tokens, model.config.block_size, batch_size, max_windows, kinds, eos_id)
     device = model.wte.weight.device
     accumulators = [KindAccumulator(block.mlp.proj.in_features, n_kinds) for block in model.blocks]
     captured = {}
     hooks = [block.mlp.proj.register_forward_pre_hook(lambda _, args, i=i: captured.__setitem__(i, args[0]))
              for i, block in enumerate(model.blocks)]
     try:
-        for b in range(0, len(starts), batch_size):
-            rows = np.stack([np.asarray(tokens[s:s + block_size], dtype=np.int64) for s in starts[b:b + batch_size]])
-            row_kinds = np.stack([np.asarray(kinds[s:s + block_size], dtype=np.int64) for s in starts[b:b + batch_size]])
-            keep = torch.from_numpy((row_kinds < n_kinds) & (rows != eos_id))
-            model.hidden_states(torch.from_numpy(rows).to(device))
+        for batch in batches:
+            row_kinds = batch["kinds"][:, :-1]  # the kinds of the inputs; end-of-text is -1
+            keep = (row_kinds >= 0) & (row_kinds < n_kinds)
+            model.hidden_states(batch["input_ids"].to(device))
             for i, accumulator in enumerate(accumulators):
-                accumulator.add(captured[i].cpu()[keep], torch.from_numpy(row_kinds)[keep])
+                accumulator.add(captured[i].cpu()[keep], row_kinds[keep])
     finally:
         for hook in hooks:
             hook.remove()
@@ -295,8 +291,7 @@ def neuron_selectivity(model, data_dir: str | Path, out_dir: str | Path, title: 
                        max_windows: int = 256) -> tuple[Path, Path, dict]:
     """`neurons.png` and `neurons.json` from a numeric data directory's `<split>.bin` and `<split>.kind.bin`;
     returns their paths and the table. Data without sequence kinds is refused (PicolmError)."""
-    from picolm.data.pack import load_meta
-    from picolm.eval.lm import load_split
+    from picolm.data.tokens import load_meta, load_split
 
     meta = load_meta(data_dir)
     kind_names = meta.get("kinds")
@@ -324,7 +319,7 @@ def neuron_selectivity(model, data_dir: str | Path, out_dir: str | Path, title: 
 
 def default_text(tokenizer, data_dir: str | Path | None, length: int = 24) -> str:
     """The first document of the data's validation split (from its opening end-of-text), else a fixed sample."""
-    from picolm.data.pack import read_tokens
+    from picolm.data.tokens import read_tokens
 
     path = Path(data_dir) / "val.bin" if data_dir else None
     if path is not None and path.is_file():
@@ -348,8 +343,8 @@ def analyze_run(target: str | Path, what: str = ",".join(ANALYSES), text: str | 
                 data: str | Path | None = None, out: str | Path | None = None, max_windows: int = 256,
                 device="cpu", log=print) -> list[Path]:
     """Run the chosen analyses on a run directory or checkpoint; returns the files written."""
+    from picolm.loading import load_model
     from picolm.models.gpt import GPT
-    from picolm.models.loading import load_model
 
     chosen = parse_what(what)
     loaded = load_model(target, device=device)
@@ -374,7 +369,7 @@ def analyze_run(target: str | Path, what: str = ",".join(ANALYSES), text: str | 
 
 def _neurons(model, data_dir, out: Path, title: str, max_windows: int, log) -> list[Path]:
     """Neuron selectivity when the data has sequence kinds; otherwise a note saying why it was skipped."""
-    from picolm.data.pack import load_meta
+    from picolm.data.tokens import load_meta
 
     if data_dir is None:
         log("neurons: skipped (the run's data directory is not here; pass --data DIR)")

@@ -8,18 +8,21 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from picolm.config import SamplingOptions
 from picolm.data.records import render_instruction
 from picolm.errors import PicolmError
-from picolm.generate import SamplingOptions, TextGenerator
+from picolm.generate import TextGenerator
 
 TEMPLATES = ("auto", "instruction", "none")
 
 
 def fine_tuned(checkpoint: dict) -> bool:
-    """Whether the checkpoint's run trained on prompt/response data (SFT or DPO)."""
-    from picolm.data.pack import load_meta
+    """Whether the checkpoint's run trained on prompt/response data (SFT or DPO), whatever its family."""
+    from picolm.data.tokens import load_meta
 
-    config = checkpoint.get("train_config", {})
+    if "task" in checkpoint:
+        return checkpoint["task"] in ("sft", "dpo")
+    config = checkpoint.get("train_config", {})  # checkpoints written before they recorded their task
     kind = config.get("objective", {}).get("kind", "auto")
     if kind != "auto":
         return kind in ("sft", "dpo")
@@ -42,11 +45,11 @@ class ChatSession:
                  chats_dir: str | Path = "chats", warn=None):
         if template not in TEMPLATES:
             raise PicolmError(f"must be one of {', '.join(TEMPLATES)}", field="--template")
-        options.check_model(loaded.model)
+        self.generator = TextGenerator(loaded.model, loaded.tokenizer, device, warn=warn)
+        self.generator.check(options)
         self.loaded, self.options = loaded, options
         self.template = template if template != "auto" else ("instruction" if fine_tuned(loaded.checkpoint)
                                                               else "none")
-        self.generator = TextGenerator(loaded.model, loaded.tokenizer, device, warn=warn)
         self.transcript = session_folder(Path(chats_dir)) / "transcript.txt"
         self.turns = 0
 

@@ -87,7 +87,7 @@ def request_options(session: ChatSession, query: dict[str, list[str]]):
             except ValueError:
                 raise PicolmError(f"not a number: {query[name][0]!r}", field=name) from None
     options = replace(session.options, **changes)
-    options.validate()
+    session.generator.check(options)
     return options
 
 

@@ -1,8 +1,10 @@
 """SFT and preference examples: a prepared split read back, encoded with the model's tokenizer, batched.
 
-An SFT example is prompt + response + EOS with the loss on the response only. A preference pair is packed
-into one row, prompt + chosen + rejected, where the rejected tokens cannot see the chosen ones and restart
-their positions after the prompt: the prompt's hidden states are computed once for both responses.
+An SFT example is prompt + response + EOS with the loss on the response only: as next-token rows (`collate_sft`,
+inputs and shifted targets) or as whole rows for models that write a response at once (`collate_canvas`). A
+preference pair is packed into one row, prompt + chosen + rejected, where the rejected tokens cannot see the chosen
+ones and restart their positions after the prompt: the prompt's hidden states are computed once for both
+responses. Which collate a run uses is its method family's choice.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import torch
 from picolm.data.loader import ShuffledEpochs
 from picolm.data.records import BadRows, pair_record, sft_record
 from picolm.errors import PicolmError
-from picolm.models.linear_cross_entropy import IGNORE_INDEX
 from picolm.tokenizer import Tokenizer
 
 SPLITS = ("train", "val", "test")
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3  # segments of a packed preference row
+IGNORE_INDEX = -100  # a target that is not scored (the prompt, padding): cross-entropy's default ignore_index
 
 
 def read_records(path: Path, task: str, bad: BadRows) -> list[dict]:
@@ -84,10 +86,11 @@ def _ids(values: list[int]) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
-def encode_sft(records: list[dict], tokenizer: Tokenizer, block_size: int) -> SFTExamples:
+def encode_sft(records: list[dict], tokenizer: Tokenizer, block_size: int, predict_next: bool = True) -> SFTExamples:
     """Prompt + response + EOS; an example longer than the context loses the start of its prompt first,
-    then the end of its response, so the response is kept where it can be."""
-    eos, limit = tokenizer.eos_id, block_size + 1  # block_size inputs predict block_size + 1 tokens' worth
+    then the end of its response, so the response is kept where it can be. Next-token rows hold one token more
+    than the context (block_size inputs predict block_size + 1 tokens' worth); whole rows hold block_size."""
+    eos, limit = tokenizer.eos_id, block_size + predict_next
     prompts = tokenizer.encode_batch([r["prompt"] for r in records])
     responses = tokenizer.encode_batch([join_response(r["prompt"], r["response"]) for r in records])
     out = SFTExamples([], [])
@@ -142,6 +145,22 @@ def collate_sft(examples: SFTExamples, indices: list[int], pad_id: int) -> dict[
     return {"input_ids": torch.from_numpy(input_ids), "targets": torch.from_numpy(targets)}
 
 
+def collate_canvas(examples: SFTExamples, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Whole rows, prompt + response (its EOS included), right-padded with `pad_id`, for models that write a whole
+    response at once: `response` marks the response tokens and `real` every token that is not padding."""
+    rows = [np.concatenate([examples.prompts[i], examples.responses[i]]) for i in indices]
+    width = max(len(r) for r in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    response = np.zeros((len(rows), width), dtype=bool)
+    real = np.zeros((len(rows), width), dtype=bool)
+    for row, (i, ids) in enumerate(zip(indices, rows)):
+        input_ids[row, :len(ids)] = ids
+        real[row, :len(ids)] = True
+        response[row, len(examples.prompts[i]):len(ids)] = True
+    return {"input_ids": torch.from_numpy(input_ids), "response": torch.from_numpy(response),
+            "real": torch.from_numpy(real)}
+
+
 def collate_pairs(examples: PairExamples, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Packed rows prompt + chosen + rejected, right-padded, with what the model needs to read them:
 
@@ -179,16 +198,21 @@ def collate_pairs(examples: PairExamples, indices: list[int], pad_id: int) -> di
     return batch
 
 
+def default_collate(examples: SFTExamples | PairExamples):
+    """Next-token rows for SFT examples, packed rows for preference pairs."""
+    return collate_pairs if isinstance(examples, PairExamples) else collate_sft
+
+
 class ExampleBatches(ShuffledEpochs):
-    """Shuffled, resumable batches of examples."""
+    """Shuffled, resumable batches of examples, made by `collate` (default: `default_collate`)."""
 
     def __init__(self, examples: SFTExamples | PairExamples, pad_id: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, collate=None):
         if len(examples) == 0:
             raise PicolmError("no usable examples in the training split", field="data.path")
         super().__init__(seed, rank, world_size)
         self.examples, self.pad_id = examples, pad_id
-        self.collate = collate_pairs if isinstance(examples, PairExamples) else collate_sft
+        self.collate = collate or default_collate(examples)
 
     @property
     def items_per_epoch(self) -> int:
@@ -198,18 +222,20 @@ class ExampleBatches(ShuffledEpochs):
         return self.collate(self.examples, self.next_items(batch_size), self.pad_id)
 
 
-def in_order(examples: SFTExamples | PairExamples, batch_size: int, pad_id: int, limit: int | None = None):
+def in_order(examples: SFTExamples | PairExamples, batch_size: int, pad_id: int, limit: int | None = None,
+             collate=None):
     """Batches over the first `limit` examples (all by default) in order, for evaluation."""
-    collate = collate_pairs if isinstance(examples, PairExamples) else collate_sft
+    collate = collate or default_collate(examples)
     count = len(examples) if limit is None else min(limit, len(examples))
     for start in range(0, count, batch_size):
         yield collate(examples, list(range(start, min(start + batch_size, count))), pad_id)
 
 
 def load_examples(data_dir: str | Path, split: str, task: str, tokenizer: Tokenizer, block_size: int,
-                  bad: BadRows) -> SFTExamples | PairExamples:
+                  bad: BadRows, predict_next: bool = True) -> SFTExamples | PairExamples:
+    """A prepared split's examples encoded for a model with this context (`predict_next`: see `encode_sft`)."""
     path = Path(data_dir) / f"{split}.jsonl"
     records = read_records(path, task, bad)
     if task == "sft":
-        return encode_sft(records, tokenizer, block_size)
+        return encode_sft(records, tokenizer, block_size, predict_next)
     return encode_pairs(records, tokenizer, block_size, bad, path=path)

@@ -1,4 +1,5 @@
-"""Batches of (input, target) windows from a token file or its shards, resumable from a small state dict.
+"""Batches of (input, target) windows from a token file or its shards, resumable from a small state dict; and the
+evaluation windows every family scores (`window_batches`): window slicing lives here and nowhere else.
 
 Each epoch visits every non-overlapping window of `block_size + 1` tokens once, in an order drawn
 from (seed, epoch) and shifted by a per-epoch offset so window boundaries move between epochs. The
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from picolm.data.pack import load_meta, read_tokens
+from picolm.data.tokens import load_meta, read_tokens
 from picolm.errors import PicolmError
 
 
@@ -136,3 +137,38 @@ def eval_windows(tokens: np.ndarray, block_size: int, max_windows: int | None = 
     if max_windows is None or max_windows >= count:
         return [i * block_size for i in range(count)]
     return [int(i) * block_size for i in np.linspace(0, count - 1, max_windows).round()]
+
+
+def position_in_document(tokens: np.ndarray, eos_id: int) -> np.ndarray:
+    """For each token, how many tokens of its document come before it."""
+    index = np.arange(len(tokens))
+    starts = np.zeros(len(tokens), dtype=np.int64)
+    eos = np.flatnonzero(tokens == eos_id)
+    starts[eos[eos + 1 < len(tokens)] + 1] = eos[eos + 1 < len(tokens)] + 1
+    return index - np.maximum.accumulate(starts)
+
+
+def window_batches(tokens: np.ndarray, block_size: int, batch_size: int, max_windows: int | None = None,
+                   kinds: np.ndarray | None = None, eos_id: int = 0):
+    """Evaluation batches over the non-overlapping windows of a split (evenly spread when capped): `input_ids`
+    (B, T) and `targets` (B, T), the tokens that follow. With `kinds` (numeric data), also the sequence kind of each
+    of the window's T + 1 tokens (`kinds`; -1 for end-of-text, which belongs to no kind's numbers) and how many
+    tokens of its document precede it (`document_positions`)."""
+    if batch_size < 1 or (max_windows is not None and max_windows < 1):
+        raise PicolmError("batch size and number of windows must be at least 1", field="evaluation")
+    starts = eval_windows(tokens, block_size, max_windows)
+    if not starts:
+        raise PicolmError(f"only {len(tokens)} tokens: fewer than one window of block_size + 1", field="evaluation")
+    positions = position_in_document(np.asarray(tokens), eos_id) if kinds is not None else None
+    return (_window_batch(tokens, starts[b:b + batch_size], block_size, kinds, positions, eos_id)
+            for b in range(0, len(starts), batch_size))
+
+
+def _window_batch(tokens, starts: list[int], block_size: int, kinds, positions, eos_id: int) -> dict[str, torch.Tensor]:
+    rows = torch.from_numpy(np.stack([np.asarray(tokens[s:s + block_size + 1], dtype=np.int64) for s in starts]))
+    batch = {"input_ids": rows[:, :-1], "targets": rows[:, 1:]}
+    if kinds is not None:
+        index = np.stack([np.arange(s, s + block_size + 1) for s in starts])
+        batch["kinds"] = torch.from_numpy(kinds[index].astype(np.int64)).masked_fill(rows == eos_id, -1)
+        batch["document_positions"] = torch.from_numpy(positions[index])
+    return batch

@@ -1,127 +1,22 @@
-"""`picolm prepare`: records -> splits -> tokenizer -> train/val/test token files + meta.json.
+"""`picolm prepare`: records -> splits -> tokenizer -> train/val/test token files + meta.json, in memory.
 
-Token files carry a self-describing header (as llm.c's do): 256 int32 holding a magic number, the
-format version, the bytes per token and the token count, then the tokens as uint16 or uint32.
-Numeric data also gets `<split>.kind.bin`: one uint8 per token, the sequence kind it belongs to.
 Web sources and large files take the streamed path instead (`picolm/data/stream.py`): train shards, no corpus in
-memory.
+memory. The token-file format is `picolm/data/tokens.py`'s.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
-from itertools import chain
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
+from picolm.data.preparation import (SPLITS, PrepareOptions, build_tokenizer, check_ratios, default_tokenizer,
+                                     encode_split, text_meta, with_defaults)
 from picolm.data.records import write_records
-from picolm.data.sources import HUB_SOURCES, SourceData, load_source
-from picolm.data.synthetic import NumericSpec
+from picolm.data.sources import SourceData, load_source
+from picolm.data.tokens import write_meta, write_tokens
 from picolm.errors import PicolmError
-from picolm.tokenizer import (Tokenizer, char_tokenizer, gpt2_tokenizer, hub_tokenizer, numeric_tokenizer,
-                              train_bpe)
-
-MAGIC = 0x7069636F  # "pico"
-VERSION = 1
-HEADER_INTS = 256
-SPLITS = ("train", "val", "test")
-ENCODE_BATCH = 4096
-WRITE_BUFFER = 1 << 20  # bytes a TokenWriter gathers before each write to disk
-VOCAB_SIZE, WEB_VOCAB_SIZE = 4096, 32_768  # default BPE vocabularies: small corpora, web sources
-
-
-@dataclass
-class PrepareOptions:
-    source: str
-    out: str
-    tokenizer: str | None = None  # bpe | char | numeric | gpt2 | hf:NAME_OR_PATH; default by source
-    vocab_size: int | None = None  # default: WEB_VOCAB_SIZE for the web sources, else VOCAB_SIZE
-    limit: int | None = None
-    subset_ratio: float | None = None
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    use_source_splits: bool = True
-    seed: int = 0
-    num_sequences: int | None = None
-    min_length: int | None = None
-    max_length: int | None = None
-    max_value: int | None = None
-    hub_dir: str | None = None
-    skip_bad_rows: bool = False
-    stream: bool | None = None  # None: stream the web sources (openwebtext, fineweb), load anything else whole
-    shard_tokens: int = 100_000_000  # streamed: tokens per train shard (200 MB as uint16)
-    tokenizer_sample_mb: float = 64.0  # streamed: the BPE learns from the first this many MB of train documents
-    workers: int | None = None  # streamed: encoding processes (default one per core); 0 encodes in this process
-
-
-def _header(itemsize: int, count: int) -> bytes:
-    header = np.zeros(HEADER_INTS, dtype=np.int32)
-    header[:5] = [MAGIC, VERSION, itemsize, count & 0xFFFFFFFF, count >> 32]
-    return header.tobytes()
-
-
-class TokenWriter:
-    """Appends token arrays to a token file through a buffer, so no split needs to be held whole. The header
-    is a placeholder until `close` seeks back to write the count; until then the file is `<name>.tmp`, so a
-    crash never leaves a torn token file. As a context manager it closes, or discards the file on an error."""
-
-    def __init__(self, path: Path, dtype):
-        self.path, self.dtype, self.count = Path(path), np.dtype(dtype), 0
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._file = self._tmp.open("wb", buffering=WRITE_BUFFER)
-        self._file.write(_header(self.dtype.itemsize, 0))
-
-    def write(self, tokens: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(tokens, dtype=self.dtype).data)
-        self.count += len(tokens)
-
-    def close(self) -> None:
-        self._file.seek(0)
-        self._file.write(_header(self.dtype.itemsize, self.count))
-        self._file.close()
-        os.replace(self._tmp, self.path)
-
-    def discard(self) -> None:
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> TokenWriter:
-        return self
-
-    def __exit__(self, kind, error, trace) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.discard()
-
-
-def write_tokens(path: Path, tokens: np.ndarray) -> None:
-    with TokenWriter(path, tokens.dtype) as writer:
-        writer.write(tokens)
-
-
-def read_tokens(path: str | Path) -> np.ndarray:
-    """A read-only memmap of a token file written by `write_tokens`."""
-    path = Path(path)
-    try:
-        header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
-    except FileNotFoundError:
-        raise PicolmError("no such token file (run `picolm prepare` first)", path=path) from None
-    if len(header) < HEADER_INTS or header[0] != MAGIC:
-        raise PicolmError("not a picolm token file (bad header)", path=path)
-    if header[1] != VERSION:
-        raise PicolmError(f"token file version {header[1]} is not supported (expected {VERSION})", path=path)
-    dtype = {1: np.uint8, 2: np.uint16, 4: np.uint32}.get(int(header[2]))
-    if dtype is None:
-        raise PicolmError(f"bad header: {header[2]} bytes per token", path=path)
-    count = int(np.uint32(header[3])) | (int(header[4]) << 32)
-    if path.stat().st_size < HEADER_INTS * 4 + count * np.dtype(dtype).itemsize:
-        raise PicolmError(f"truncated: the header promises {count:,} tokens", path=path)
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_INTS * 4, shape=(count,))
 
 
 def split_records(data: SourceData, options: PrepareOptions) -> dict[str, list[dict]]:
@@ -141,79 +36,12 @@ def split_records(data: SourceData, options: PrepareOptions) -> dict[str, list[d
     return {"val": records[:n_val], "test": records[n_val:n_val + n_test], "train": records[n_val + n_test:]}
 
 
-def check_ratios(ratios: tuple[float, float, float]) -> tuple[float, float, float]:
-    if any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise PicolmError(f"split ratios {ratios} must be non-negative and sum to 1", field="--split-ratios")
-    return ratios
-
-
 def subset(records: list[dict], options: PrepareOptions) -> list[dict]:
     if options.subset_ratio is not None:
         records = records[:max(1, int(len(records) * options.subset_ratio))]
     if options.limit is not None:
         records = records[:options.limit]
     return records
-
-
-def build_tokenizer(kind: str, splits: dict[str, list[dict]], options: PrepareOptions) -> Tokenizer:
-    """BPE learns from the train split only; symbol vocabularies cover every symbol in any split."""
-    if kind == "bpe":
-        return train_bpe((r["text"] for r in splits["train"]), options.vocab_size)
-    if kind == "gpt2":
-        return gpt2_tokenizer()
-    if kind.startswith("hf:"):
-        return hub_tokenizer(kind[3:])
-    every = [r for records in splits.values() for r in records]
-    if kind == "char":
-        return char_tokenizer(r["text"] for r in every)
-    if kind == "numeric":
-        try:
-            values = [int(v) for r in every for v in r["text"].split()]
-        except ValueError as exc:
-            raise PicolmError(f"the numeric tokenizer reads whitespace-separated integers ({exc})",
-                              field="--tokenizer") from None
-        return numeric_tokenizer(max(options.max_value or NumericSpec.max_value, max(values)))
-    raise PicolmError(f"unknown tokenizer {kind!r} (bpe, char, numeric, gpt2, hf:NAME_OR_PATH)",
-                      field="--tokenizer")
-
-
-def token_dtype(tokenizer: Tokenizer) -> type:
-    return np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-
-
-def encode_split(tokenizer: Tokenizer, records: list[dict], kinds: list[str] | None, threads: int | None = None):
-    """Token ids with EOS after each document, and the per-token kind ids when records have kinds."""
-    dtype = token_dtype(tokenizer)
-    pieces, kind_pieces = [], []
-    for start in range(0, len(records), ENCODE_BATCH):
-        batch = records[start:start + ENCODE_BATCH]
-        encoded = tokenizer.encode_batch([r["text"] for r in batch], threads)
-        for ids in encoded:
-            ids.append(tokenizer.eos_id)
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        pieces.append(np.fromiter(chain.from_iterable(encoded), dtype=dtype, count=int(lengths.sum())))
-        if kinds is not None:
-            doc_kinds = np.array([kinds.index(r["kind"]) for r in batch], dtype=np.uint8)
-            kind_pieces.append(np.repeat(doc_kinds, lengths))
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
-    return tokens, (np.concatenate(kind_pieces) if kinds is not None else None)
-
-
-def default_tokenizer(source: str) -> str:
-    return "numeric" if source == "numeric" else "bpe"
-
-
-def with_defaults(options: PrepareOptions) -> PrepareOptions:
-    """The options with source-dependent defaults filled in and the streaming settings checked."""
-    web = options.source in HUB_SOURCES and HUB_SOURCES[options.source].streaming
-    workers = (os.cpu_count() or 1) if options.workers is None else options.workers
-    for name, value, least in (("--shard-tokens", options.shard_tokens, 1), ("--workers", workers, 0)):
-        if value < least:
-            raise PicolmError(f"must be at least {least}, got {value}", field=name)
-    if options.tokenizer_sample_mb <= 0:
-        raise PicolmError(f"must be positive, got {options.tokenizer_sample_mb}", field="--tokenizer-sample-mb")
-    return replace(options, vocab_size=options.vocab_size or (WEB_VOCAB_SIZE if web else VOCAB_SIZE),
-                   stream=web if options.stream is None else options.stream, workers=workers)
 
 
 def prepare(options: PrepareOptions, log=print) -> dict:
@@ -264,33 +92,6 @@ def prepare(options: PrepareOptions, log=print) -> dict:
     return meta
 
 
-def text_meta(options: PrepareOptions, kind: str, tokenizer: Tokenizer, counts: dict, kinds: list[str] | None,
-              encode_seconds: float, started: float, own_splits: bool = False) -> dict:
-    """meta.json of a token data directory."""
-    return {
-        "source": options.source,
-        "task": "text",
-        "hub_repo": HUB_SOURCES[options.source].repo if options.source in HUB_SOURCES else None,
-        "tokenizer": kind,
-        "vocab_size": tokenizer.vocab_size,
-        "dtype": token_dtype(tokenizer).__name__,
-        "eos_id": tokenizer.eos_id,
-        "splits": counts,
-        "split_ratios": None if own_splits else list(options.split_ratios),
-        "seed": options.seed,
-        "kinds": kinds,
-        "options": {k: v for k, v in asdict(options).items() if k not in ("out",)},
-        "encode_tokens_per_second": round(sum(c["tokens"] for c in counts.values()) / max(encode_seconds, 1e-9)),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-
-
-def write_meta(out: Path, meta: dict) -> None:
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "meta.json")  # written last: a directory with meta.json is complete
-
-
 def write_example_splits(out: Path, splits: dict[str, list[dict]], task: str, options: PrepareOptions,
                          started: float, log=print) -> dict:
     """SFT or preference records as `<split>.jsonl`: they are tokenized when training starts, with the tokenizer
@@ -315,13 +116,3 @@ def write_example_splits(out: Path, splits: dict[str, list[dict]], task: str, op
     return meta
 
 
-def load_meta(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / "meta.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if not Path(data_dir).is_dir():
-            raise PicolmError("no such data directory", path=data_dir) from None
-        raise PicolmError("not a data directory written by `picolm prepare` (no meta.json)", path=path) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PicolmError(f"unreadable ({exc})", path=path) from None

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from picolm.data.pack import (SPLITS, PrepareOptions, TokenWriter, build_tokenizer, check_ratios, encode_split,
-                              text_meta, token_dtype, write_meta)
+from picolm.data.preparation import SPLITS, PrepareOptions, build_tokenizer, check_ratios, encode_split, text_meta
 from picolm.data.sources import stream_source
+from picolm.data.tokens import TokenWriter, token_dtype, write_meta
 from picolm.errors import PicolmError
 from picolm.tokenizer import Tokenizer, tokenizer_from_dict, train_bpe
 

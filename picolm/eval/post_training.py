@@ -11,13 +11,17 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
-from picolm.config import ObjectiveConfig
+from picolm.config import ObjectiveConfig, SamplingOptions
 from picolm.data.examples import in_order, load_examples
 from picolm.data.records import BadRows
 from picolm.data.specs import horror_lexicon_rate
-from picolm.generate import SamplingOptions, TextGenerator
-from picolm.models.loading import load_model
-from picolm.train.objectives import MaskedResponse, Preference, evaluate_objective, precompute_reference
+from picolm.generate import TextGenerator
+from picolm.loading import load_model
+from picolm.methods import FAMILIES
+from picolm.methods.preference import Preference
+from picolm.methods.sequences import pair_log_probs
+from picolm.methods.sft import MaskedResponse
+from picolm.runtime import resolve_device
 
 BATCH = 16
 
@@ -31,8 +35,6 @@ def sample_responses(model, tokenizer, prompts, max_new_tokens: int, device, see
 def evaluate_stages(stages: dict[str, Path], sft_data: Path, dpo_data: Path, samples: int = 16,
                     device="auto", max_new_tokens: int = 120) -> dict:
     """`stages` maps base, sft and dpo to run directories; returns metrics and samples per stage."""
-    from picolm.train.trainer import resolve_device
-
     device = resolve_device(device, field="--device")
     loaded = {name: load_model(path, device=device) for name, path in stages.items()}
     tokenizer = loaded["dpo"].tokenizer
@@ -41,23 +43,21 @@ def evaluate_stages(stages: dict[str, Path], sft_data: Path, dpo_data: Path, sam
     sft_test = load_examples(sft_data, "test", "sft", tokenizer, block_size, quiet)
     pairs = load_examples(dpo_data, "test", "dpo", tokenizer, block_size, quiet)
     objective = ObjectiveConfig(**loaded["dpo"].checkpoint["train_config"]["objective"])
-    pairs.reference = precompute_reference(loaded["sft"].model, pairs, BATCH, tokenizer.eos_id, device, nullcontext,
-                                           Preference(objective).length_normalize)
+    dpo = Preference(objective)
+    pairs.reference = pair_log_probs(loaded["sft"].model, pairs, BATCH, tokenizer.eos_id, device, nullcontext,
+                                     dpo.length_normalize)
     prompts = [tokenizer.decode(p.tolist()) for p in pairs.prompts[:samples]]
     results = {"prompts": prompts, "test_pairs": len(pairs), "sft_test_examples": len(sft_test), "stages": {}}
     for name, model in ((name, entry.model) for name, entry in loaded.items()):
-        sft = evaluate_objective(MaskedResponse(), model, in_order(sft_test, BATCH, tokenizer.eos_id), device,
-                                 nullcontext)
-        per_token = precompute_reference(model, pairs, BATCH, tokenizer.eos_id, device, nullcontext,
-                                         length_normalize=True)
+        sft = FAMILIES["sft"].evaluate(model, in_order(sft_test, BATCH, tokenizer.eos_id), MaskedResponse(), device)
+        per_token = pair_log_probs(model, pairs, BATCH, tokenizer.eos_id, device, nullcontext, length_normalize=True)
         stories = sample_responses(model, tokenizer, pairs.prompts[:samples], max_new_tokens, device)
         stage = {"sft_test_loss": sft["loss"], "sft_test_perplexity": sft["perplexity"],
                  "chosen_more_likely": float((per_token[:, 0] > per_token[:, 1]).float().mean()),
                  "horror_lexicon_rate": sum(map(horror_lexicon_rate, stories)) / max(len(stories), 1),
                  "samples": stories}
         if name == "dpo":
-            preference = evaluate_objective(Preference(objective), model, in_order(pairs, BATCH, tokenizer.eos_id),
-                                            device, nullcontext)
+            preference = FAMILIES["dpo"].evaluate(model, in_order(pairs, BATCH, tokenizer.eos_id), dpo, device)
             stage["preference_accuracy"] = preference["rewards/accuracies"]
             stage["reward_margin"] = preference["rewards/margins"]
         results["stages"][name] = stage

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from picolm.generate import SamplingOptions, TextGenerator
-from picolm.models.diffusion import is_denoiser
+from picolm.config import SamplingOptions
+from picolm.generate import TextGenerator
 
 
 def document_openings(tokens: np.ndarray, eos_id: int, count: int, prompt_tokens: int) -> list[list[int]]:
@@ -26,12 +26,13 @@ def document_openings(tokens: np.ndarray, eos_id: int, count: int, prompt_tokens
 
 def write_samples(model, tokenizer, prompts: list[list[int]], path: str | Path, max_new_tokens: int = 64,
                   temperature: float = 0.8, top_k: int = 50, seed: int = 0, device="cpu") -> list[str]:
-    """Write a prompt -> sample pair for each prompt; returns them. A diffusion model's samples fill the rest of
-    its context at most."""
-    if is_denoiser(model) and prompts:
-        max_new_tokens = min(max_new_tokens, model.config.block_size - max(len(p) for p in prompts))
+    """Write a prompt -> sample pair for each prompt; returns them. A model that writes inside its context (a
+    diffusion model) fills at most the rest of it."""
+    generator = TextGenerator(model, tokenizer, device)
+    if prompts:
+        max_new_tokens = generator.sampler.room(model, max(len(p) for p in prompts), max_new_tokens)
     options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
-    texts = TextGenerator(model, tokenizer, device).complete(prompts, options)
+    texts = generator.complete(prompts, options)
     samples = [f"[prompt] {tokenizer.decode(prompt)}\n[sample] {text}\n" for prompt, text in zip(prompts, texts)]
     Path(path).write_text("\n".join(samples), encoding="utf-8")
     return samples

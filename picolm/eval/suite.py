@@ -1,18 +1,17 @@
 """`picolm eval`: every metric for any checkpoint, chosen with --metrics.
 
-perplexity, accuracy  loss / perplexity / next-token accuracy on a split (response tokens only for SFT data,
-                      chosen responses for DPO data)
+perplexity, accuracy  the model's family's evaluation of a split: loss / perplexity / accuracy (response tokens only
+                      for SFT data, chosen responses for DPO data); a masked-diffusion model's perplexity is its
+                      ELBO bound, an sdd model's the exp of its denoising loss (the `note` says which)
 kinds                 per-kind accuracy of numeric data (also after each sequence's first numbers)
 length                numeric accuracy on sequences longer than any seen in training
 preference            preference accuracy and reward margin on pairs (--pairs, else the run's DPO data),
                       against a reference model (--reference, else the run's --init-from; none: log-probs)
 generation            Self-BLEU and distinct-1/2 over --samples sampled continuations of held-out prompts
 format                instruction-format compliance of greedy responses to instruction data (--instructions)
-speed                 greedy decoding tokens/s at batch 1 and 8
+speed                 greedy decoding tokens/s at batch 1 and 8 (a diffusion model: new tokens/s at its steps)
 
-A masked-diffusion model has no exact perplexity: perplexity/accuracy report its NELBO per token as `loss`,
-`perplexity_bound` = exp(loss), an upper bound on its perplexity, and the accuracy of its predictions of
-masked tokens. The metrics built on left-to-right decoding or sequence log-probabilities are refused for it.
+Which of them a model can give is its family's `evaluations`.
 """
 
 from __future__ import annotations
@@ -25,25 +24,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from picolm.config import ObjectiveConfig
+from picolm.config import ObjectiveConfig, SamplingOptions, config_from_dict
 from picolm.data.examples import in_order, load_examples
-from picolm.data.pack import encode_split, load_meta
+from picolm.data.loader import check_split, window_batches
+from picolm.data.preparation import encode_split
 from picolm.data.records import BadRows
 from picolm.data.synthetic import NumericSpec, generate_numeric
+from picolm.data.tokens import load_meta, load_split
 from picolm.errors import PicolmError
-from picolm.eval.lm import WARMUP_NUMBERS, evaluate_tokens, load_split
 from picolm.eval.quality import distinct_n, self_bleu
 from picolm.eval.samples import document_openings
-from picolm.generate import SamplingOptions, TextGenerator, generate_ids
-from picolm.models.diffusion import evaluate_nelbo, is_denoiser, is_diffusion
-from picolm.models.sdd import NOT_A_BOUND, evaluate_sdd, is_sdd
-from picolm.train.objectives import MaskedResponse, Preference, evaluate_objective, precompute_reference
+from picolm.generate import TextGenerator, generate_ids
+from picolm.methods import family_for, family_of
+from picolm.methods.next_token import WARMUP_NUMBERS
+from picolm.methods.preference import Preference
+from picolm.methods.sequences import pair_log_probs
 
 METRICS = ("perplexity", "accuracy", "kinds", "length", "preference", "generation", "format", "speed")
 TEMPLATE_HEADERS = ("### Instruction:", "### Input:", "### Response:")
 BATCH = 16
-AUTOREGRESSIVE_ONLY = ("kinds", "length", "preference", "speed")
-BOUND_NOTE = "perplexity_bound is exp(NELBO per token): an upper bound on the perplexity, not the perplexity"
 
 
 @dataclass
@@ -73,7 +72,9 @@ class RunEvaluation:
         request.validate()
         self.loaded, self.request, self.device = loaded, request, device
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        request.sampling.check_model(self.model)
+        self.family = family_of(self.model.config)
+        self.generator = TextGenerator(self.model, self.tokenizer, device)
+        self.generator.check(request.sampling)
         self.train_config = loaded.checkpoint.get("train_config", {})
         self.data_dir = request.data or self.train_config.get("data", {}).get("path")
 
@@ -85,10 +86,10 @@ class RunEvaluation:
     def run(self) -> dict:
         result = {"checkpoint": str(self.loaded.path), "split": self.request.split}
         wanted = set(self.request.metrics)
-        refused = [m for m in AUTOREGRESSIVE_ONLY if m in wanted and is_denoiser(self.model)]
+        refused = [m for m in METRICS if m in wanted and m not in self.family.evaluations]
         if refused:
-            kind = "an sdd (sparse distribution diffusion)" if is_sdd(self.model) else "a masked-diffusion"
-            raise PicolmError(f"{refused[0]!r} needs an autoregressive model; this is {kind} model", field="--metrics")
+            raise PicolmError(f"{refused[0]!r} is not for {self.family.title} models ({self.family.kind}); they give "
+                              f"{', '.join(self.family.evaluations)}", field="--metrics")
         if wanted & {"perplexity", "accuracy", "kinds"}:
             result.update(self.language_modelling("kinds" in wanted))
         for name, method in (("length", self.longer_sequences), ("preference", self.preference),
@@ -98,54 +99,39 @@ class RunEvaluation:
                 result.update(method())
         return result
 
+    def _objective(self, family, task: str):
+        """The family's objective with the run's settings (the model's own config)."""
+        config = replace(config_from_dict(self.train_config), model=self.model.config)
+        return family.objective(config, self.tokenizer, task)
+
+    def _evaluate(self, family, task: str, batches, kind_names=None) -> dict:
+        metrics = family.evaluate(self.model, batches, self._objective(family, task), self.device,
+                                  kind_names=kind_names)
+        return {**metrics, "note": family.note} if family.note else metrics
+
     def language_modelling(self, need_kinds: bool) -> dict:
         meta = self._meta(self.data_dir)
         task = meta.get("task", "text")
         block = self.model.config.block_size
         if need_kinds and not meta.get("kinds"):
             raise PicolmError("`kinds` needs data with sequence kinds (numeric)", path=self.data_dir)
-        if is_sdd(self.model):
-            return self.sdd_denoising(meta, task)
-        if is_diffusion(self.model) and task != "text":
-            raise PicolmError(f"a masked-diffusion model is evaluated on text data, not {task}", path=self.data_dir)
+        family = family_for("auto", task, self.model.config, data=str(self.data_dir))
         if task == "text":
-            from picolm.data.loader import check_split
-
             tokens, kinds = load_split(self.data_dir, self.request.split)
             check_split(tokens, Path(self.data_dir) / f"{self.request.split}.bin", self.model.config.vocab_size, block)
-            if is_diffusion(self.model):
-                eps = self.train_config.get("objective", {}).get("eps", 1e-3)
-                metrics = evaluate_nelbo(self.model, tokens, block, self.request.batch_size, self.request.max_windows,
-                                         self.device, eps=eps)
-                return {**metrics, "bound": BOUND_NOTE}
-            return evaluate_tokens(self.model, tokens, block, batch_size=self.request.batch_size,
-                                   max_windows=self.request.max_windows, kinds=kinds, kind_names=meta.get("kinds"),
-                                   eos_id=self.tokenizer.eos_id, device=self.device)
-        examples = load_examples(self.data_dir, self.request.split, task, self.tokenizer, block, BadRows(skip=True))
+            batches = window_batches(tokens, block, self.request.batch_size, self.request.max_windows, kinds,
+                                     self.tokenizer.eos_id)
+            return self._evaluate(family, task, batches, meta.get("kinds"))
+        examples = load_examples(self.data_dir, self.request.split, task, self.tokenizer, block, BadRows(skip=True),
+                                 family.predicts_next)
         if task == "sft":
-            metrics = evaluate_objective(MaskedResponse(), self.model,
-                                         in_order(examples, self.request.batch_size, self.tokenizer.eos_id),
-                                         self.device, nullcontext)
-            return {"loss": metrics["loss"], "perplexity": metrics["perplexity"], "accuracy": metrics["accuracy"]}
-        per_token = precompute_reference(self.model, examples, self.request.batch_size, self.tokenizer.eos_id,
-                                         self.device, nullcontext, length_normalize=True)
+            batches = in_order(examples, self.request.batch_size, self.tokenizer.eos_id, collate=family.collate)
+            return self._evaluate(family, task, batches)
+        per_token = pair_log_probs(self.model, examples, self.request.batch_size, self.tokenizer.eos_id, self.device,
+                                   nullcontext, length_normalize=True)
         loss = float(-per_token[:, 0].mean())
         return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "chosen_more_likely":
                 float((per_token[:, 0] > per_token[:, 1]).float().mean())}
-
-    def sdd_denoising(self, meta: dict, task: str) -> dict:
-        """An sdd model's denoising loss, accuracy and ignore_acc: no likelihood, so no perplexity."""
-        if task != "text":
-            raise PicolmError(f"an sdd model is evaluated on text data, not {task}",
-                              path=self.data_dir)
-        from picolm.data.loader import check_split
-
-        block = self.model.config.block_size
-        tokens, _ = load_split(self.data_dir, self.request.split)
-        check_split(tokens, Path(self.data_dir) / f"{self.request.split}.bin", self.model.config.vocab_size, block)
-        metrics = evaluate_sdd(self.model, tokens, block, self.tokenizer.eos_id, self.request.batch_size,
-                               self.request.max_windows, self.device)
-        return {**metrics, "note": NOT_A_BOUND}
 
     def longer_sequences(self) -> dict:
         meta = self._meta(self.data_dir)
@@ -160,13 +146,14 @@ class RunEvaluation:
         records = generate_numeric(NumericSpec(num_sequences=500, min_length=trained + 1, max_length=longest,
                                                max_value=top, seed=1_000_003))
         tokens, kinds = encode_split(self.tokenizer, records, meta["kinds"])
-        metrics = evaluate_tokens(self.model, tokens, self.model.config.block_size, self.request.batch_size,
-                                  self.request.max_windows, kinds, meta["kinds"], self.tokenizer.eos_id, self.device)
+        batches = window_batches(tokens, self.model.config.block_size, self.request.batch_size,
+                                 self.request.max_windows, kinds, self.tokenizer.eos_id)
+        metrics = self._evaluate(self.family, "text", batches, meta["kinds"])
         return {"length/sequence_lengths": f"{trained + 1}-{longest}", "length/accuracy": metrics["accuracy"],
                 **{f"length/{k}": v for k, v in metrics.items() if k.startswith(f"accuracy_after_{WARMUP_NUMBERS}")}}
 
     def _reference_model(self):
-        from picolm.models.loading import load_start
+        from picolm.loading import load_start
 
         source = self.request.reference or self.train_config.get("train", {}).get("init_from")
         if not source or not Path(source).exists():
@@ -181,8 +168,8 @@ class RunEvaluation:
                               BadRows(skip=True))
         objective = Preference(ObjectiveConfig(**self.train_config.get("objective", {})))
         reference, source = self._reference_model()
-        run = lambda model: precompute_reference(model, pairs, self.request.batch_size, self.tokenizer.eos_id,  # noqa: E731
-                                                 self.device, nullcontext, objective.length_normalize)
+        run = lambda model: pair_log_probs(model, pairs, self.request.batch_size, self.tokenizer.eos_id,  # noqa: E731
+                                           self.device, nullcontext, objective.length_normalize)
         policy = run(self.model)
         base = run(reference) if reference is not None else torch.zeros_like(policy)
         beta = objective.config.beta if reference is not None else 1.0
@@ -202,7 +189,7 @@ class RunEvaluation:
 
     def generation(self) -> dict:
         prompts = self._prompts(self.data_dir, self.request.samples)
-        texts = TextGenerator(self.model, self.tokenizer, self.device).complete(prompts, self.request.sampling)
+        texts = self.generator.complete(prompts, self.request.sampling)
         return {"generation/samples": len(texts), "generation/self_bleu": self_bleu(texts),
                 "generation/distinct_1": distinct_n(texts, 1), "generation/distinct_2": distinct_n(texts, 2)}
 
@@ -216,9 +203,8 @@ class RunEvaluation:
         outputs = generate_ids(self.model, prompts, options, self.tokenizer.eos_id, self.tokenizer.vocab_size,
                                self.device)
         texts = [self.tokenizer.decode(ids) for ids in outputs]
-        canvas = options.max_new_tokens  # a diffusion model's output fills at most the rest of its context
-        if is_denoiser(self.model):
-            canvas = min(canvas, self.model.config.block_size - max(len(p) for p in prompts))
+        # a model that writes inside its context has at most the rest of it
+        canvas = self.generator.sampler.room(self.model, max(len(p) for p in prompts), options.max_new_tokens)
         ended = [len(ids) < canvas for ids in outputs]
         nonempty = [bool(text.strip()) for text in texts]
         clean = [not any(h in text for h in TEMPLATE_HEADERS) for text in texts]
@@ -228,13 +214,17 @@ class RunEvaluation:
                 "format/no_template_leak": sum(clean) / n}
 
     def speed(self, new_tokens: int = 200, prompt_tokens: int = 16) -> dict:
-        options = SamplingOptions(max_new_tokens=new_tokens, temperature=0.0)
+        """Greedy new tokens per second at batch 1 and 8 after random prompts, with the sampler's settings (a
+        diffusion model writes inside its context, at --steps denoising steps, default one per new token)."""
+        sampler = self.generator.sampler
+        length = sampler.room(self.model, prompt_tokens, new_tokens)
+        options = SamplingOptions(max_new_tokens=length, temperature=0.0, steps=self.request.sampling.steps)
         vocab = self.tokenizer.vocab_size
-        result = {}
+        result = {f"speed/{name}": value for name, value in sampler.settings(options).items()}
         for batch in (1, 8):
             prompts = torch.randint(0, vocab, (batch, prompt_tokens), generator=torch.Generator().manual_seed(0))
             generate_ids(self.model, prompts[:, :4].tolist(), replace(options, max_new_tokens=8), device=self.device)
             start = time.perf_counter()
             generate_ids(self.model, prompts.tolist(), options, vocab_size=vocab, device=self.device)
-            result[f"speed/tokens_per_second_batch_{batch}"] = batch * new_tokens / (time.perf_counter() - start)
+            result[f"speed/tokens_per_second_batch_{batch}"] = batch * length / (time.perf_counter() - start)
         return result

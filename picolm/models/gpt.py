@@ -14,7 +14,6 @@ from picolm.models.attention import build_attention
 from picolm.models.linear_cross_entropy import linear_cross_entropy, linear_log_probs
 from picolm.models.position import LearnedPosition, build_position
 
-
 NORM_EPS = 1e-5  # GPT-2's LayerNorm epsilon; RMSNorm uses it too (Llama 2's rms_norm_eps)
 
 
@@ -177,16 +176,17 @@ class GPT(nn.Module):
         return self.lm_head(hidden[:, -1])
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None, predict_at: torch.Tensor | None = None):
+                attn_mask: torch.Tensor | None = None, predict_at: torch.Tensor | None = None, with_hits: bool = False):
         """Logits (B, T, vocab) for token ids (B, T). With targets, (mean loss, correct, counted) instead, through
         the fused head + cross-entropy (the logits are never materialised). With `predict_at` (flat indices into
-        B * T), the log-probability of each target (N,) at those positions: packed preference rows need that."""
+        B * T), the log-probability of each target (N,) at those positions: packed preference rows and masked
+        diffusion need that (`with_hits`: also whether each target is the argmax)."""
         hidden = self.hidden_states(idx, positions=positions, attn_mask=attn_mask)
         weight = self.output_weight()
         if targets is None:
             return F.linear(hidden, weight)
         if predict_at is not None:
-            return linear_log_probs(hidden.flatten(0, 1)[predict_at], weight, targets)
+            return linear_log_probs(hidden.flatten(0, 1)[predict_at], weight, targets, with_hits)
         return linear_cross_entropy(hidden, weight, targets)
 
     def output_weight(self) -> torch.Tensor:

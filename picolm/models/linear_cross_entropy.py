@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from picolm.data.examples import IGNORE_INDEX
+
 CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MB in float32): big enough for efficient matmuls, far from the whole
 
 
@@ -86,23 +87,27 @@ class _LinearLogProbs(torch.autograd.Function):
     since the per-row upstream gradients are unknown until then."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_rows):
+    def forward(ctx, hidden, weight, targets, chunk_rows, with_hits):
         device_type = hidden.device.type
         dtype = _compute_dtype(device_type) or hidden.dtype
         acc_dtype = torch.promote_types(dtype, torch.float32)
         log_probs = torch.empty(hidden.shape[0], dtype=acc_dtype, device=hidden.device)
+        hits = torch.zeros(hidden.shape[0] if with_hits else 0, dtype=torch.bool, device=hidden.device)
         w = weight.to(dtype)
         with torch.autocast(device_type, enabled=False):
             for start in range(0, hidden.shape[0], chunk_rows):
                 logits = (hidden[start:start + chunk_rows].to(dtype) @ w.t()).to(acc_dtype)
                 t = targets[start:start + chunk_rows]
                 log_probs[start:start + chunk_rows] = logits.gather(1, t[:, None]).squeeze(1) - logits.logsumexp(-1)
+                if with_hits:
+                    hits[start:start + chunk_rows] = logits.argmax(-1) == t
         ctx.save_for_backward(hidden, weight, targets)
         ctx.chunk_rows, ctx.dtype, ctx.acc_dtype = chunk_rows, dtype, acc_dtype
-        return log_probs
+        ctx.mark_non_differentiable(hits)
+        return log_probs, hits
 
     @staticmethod
-    def backward(ctx, grad_log_probs):
+    def backward(ctx, grad_log_probs, _grad_hits):
         hidden, weight, targets = ctx.saved_tensors
         dtype, acc_dtype, rows = ctx.dtype, ctx.acc_dtype, ctx.chunk_rows
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
@@ -121,11 +126,13 @@ class _LinearLogProbs(torch.autograd.Function):
                     grad_hidden[start:start + rows] = (grad_logits @ w).to(hidden.dtype)
                 if grad_weight is not None:
                     grad_weight += (grad_logits.t() @ h).to(acc_dtype)
-        return grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None, None, None
+        return grad_hidden, grad_weight.to(weight.dtype) if grad_weight is not None else None, None, None, None
 
 
-def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_hits: bool = False):
     """log softmax(hidden @ weight.T)[target] for each row of hidden (N, C) and target (N,), in float32;
-    the (N x vocab) logits are made a chunk at a time and never kept."""
+    the (N x vocab) logits are made a chunk at a time and never kept. `with_hits`: (log-probabilities, whether
+    each target is the argmax) instead."""
     chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
-    return _LinearLogProbs.apply(hidden, weight, targets, chunk_rows)
+    log_probs, hits = _LinearLogProbs.apply(hidden, weight, targets, chunk_rows, with_hits)
+    return (log_probs, hits) if with_hits else log_probs

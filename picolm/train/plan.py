@@ -1,5 +1,6 @@
 """`picolm train --dry-run`: what a run will need (parameters, memory, tokens and FLOPs per step) before anything is
-allocated. The model is built on the meta device, so even `xl` costs no memory; activation memory is an estimate."""
+allocated. The config is resolved as the trainer resolves it (picolm/train/setup.py `plan_config`); the model is built
+on the meta device, so even `xl` costs no memory; activation memory is an estimate."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from dataclasses import dataclass
 import torch
 
 from picolm.config import Config
-from picolm.errors import PicolmError
 
 # activation elements kept for backward, per token, layer and unit of width (float32), measured on CPU with
 # saved-tensor hooks (tests/test_plan.py checks the estimate against such a measurement)
@@ -38,28 +38,9 @@ class Plan:
         return self.weight_bytes + self.gradient_bytes + self.optimizer_bytes + self.activation_bytes
 
 
-def resolve_model(config: Config) -> None:
-    """Fill in what the trainer would take from elsewhere: the model of `train.init_from`, the data's vocabulary
-    (plus the mask or IGNORE token that diffusion adds)."""
-    if config.train.hf_model:
-        raise PicolmError("--dry-run plans picolm models; for a Hugging Face model see its config.json",
-                          field="train.hf_model")
-    if config.train.init_from:
-        from picolm.models.loading import model_config_from_checkpoint
-        from picolm.train.checkpoint import find_checkpoint, load_checkpoint
-
-        path = find_checkpoint(config.train.init_from)
-        config.model = model_config_from_checkpoint(load_checkpoint(path, mmap=True), path)
-    if config.model.vocab_size <= 0:
-        from picolm.data.pack import load_meta
-
-        extra = int(config.objective.kind == "mdlm" or config.model.arch == "sdd")
-        config.model.vocab_size = int(load_meta(config.data.path)["vocab_size"]) + extra
-
-
 def meta_model(config: Config) -> torch.nn.Module:
     """The model the config describes, with no storage behind its parameters."""
-    from picolm.models.loading import build_model
+    from picolm.models.build import build_model
 
     with torch.device("meta"):
         return build_model(config.model)

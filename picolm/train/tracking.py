@@ -39,12 +39,13 @@ def wandb_mode() -> str:
     return "online" if os.environ.get("WANDB_API_KEY") or has_netrc else "offline"
 
 
-def architecture_name(config: Config) -> str:
-    """The model family and what sets it apart from a plain GPT: gpt, gpt_rope_linear, mdlm_rope, sdd, hf_llama."""
+def architecture_name(config: Config, label: str | None = None) -> str:
+    """The model family (the method family's `label`, else the network's arch) and what sets it apart from a plain
+    GPT: gpt, gpt_rope_linear, mdlm_rope, sdd, hf_llama."""
     m = config.model
     if m.arch == "hf":
         return "hf_" + _slug(Path(config.train.hf_model).name)
-    family = "mdlm" if config.objective.kind == "mdlm" else m.arch
+    family = label or m.arch
     variants = [m.position if m.position != "none" else "nopos"] if m.position != "learned" else []
     variants += ["linear"] * (m.attention == "linear") + ["diff"] * m.differential + ["swiglu"] * (m.mlp == "swiglu")
     return "_".join([family, *variants])
@@ -65,11 +66,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", text)
 
 
-def run_name(config: Config, source: str, runs: Path) -> str:
+def run_name(config: Config, family, source: str, runs: Path) -> str:
     """`{architecture}-{dataset}-{size}-v{n}` for trackers, n one more than the highest among the runs beside this
     one; the dataset is the data's source (`tinystories`, or a local file's stem)."""
     dataset = Path(source.split(":")[0]).stem if "." in source else source
-    stem = f"{architecture_name(config)}-{_slug(dataset)}-{size_name(config)}"
+    stem = f"{architecture_name(config, family.label)}-{_slug(dataset)}-{size_name(config)}"
     taken = [0]
     for saved in runs.glob("*/config.yaml") if runs.is_dir() else []:
         found = re.fullmatch(re.escape(stem) + r"-v(\d+)", str(yaml.safe_load(saved.read_text(encoding="utf-8"))

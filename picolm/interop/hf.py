@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from picolm.config import ModelConfig
+from picolm.data.examples import IGNORE_INDEX
 from picolm.errors import PicolmError
-from picolm.models.export import from_gpt2
+from picolm.interop.convert import from_gpt2
 from picolm.models.gpt import GPT
-from picolm.models.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy, linear_log_probs
+from picolm.models.linear_cross_entropy import linear_cross_entropy, linear_log_probs
 from picolm.tokenizer import HFTokenizer, Tokenizer, hub_tokenizer
 
 FIELD = "train.hf_model"
@@ -256,7 +257,7 @@ def load_hf_model(name_or_dir: str) -> tuple[HFCausalLM, Tokenizer]:
     try:
         from transformers import AutoModelForCausalLM
 
-        import picolm.models.picolm_transformers  # noqa: F401  (registers model_type picolm: exported picolm models)
+        import picolm.interop.picolm_transformers  # noqa: F401  (registers model_type picolm: exported picolm models)
     except ImportError:
         raise PicolmError("starting from a Hugging Face model needs the package transformers", field=FIELD) from None
     try:

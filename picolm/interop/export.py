@@ -3,7 +3,7 @@
 The class follows the architecture: a GPT-2-shaped GPT (learned positions, GELU, LayerNorm, softmax, causal) is
 written as `GPT2LMHeadModel`, a Llama-shaped one (RoPE, SwiGLU, RMSNorm) as `LlamaForCausalLM` and one with RoPE,
 GELU and LayerNorm as `GPTNeoXForCausalLM`, so they load where picolm is not installed; a run trained from
-`--hf-model` as its own class; any other picolm model as `PicolmForCausalLM` (picolm/models/picolm_transformers.py).
+`--hf-model` as its own class; any other picolm model as `PicolmForCausalLM` (picolm/interop/picolm_transformers.py).
 Beside the weights go generation_config.json and a fast tokenizer that encodes text exactly as picolm's does.
 `transformers` is imported inside the functions.
 """
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from picolm.errors import PicolmError
-from picolm.models.export import (gpt2_config_problems, llama_config_problems, neox_config_problems, to_gpt2,
-                                  to_llama, to_neox)
-from picolm.models.loading import load_model
+from picolm.interop.convert import (gpt2_config_problems, llama_config_problems, neox_config_problems, to_gpt2,
+                                    to_llama, to_neox)
+from picolm.loading import load_model
 from picolm.tokenizer import SymbolTokenizer, Tokenizer
 
 FORMATS = ("hf",)
@@ -48,7 +48,7 @@ def hf_model_for(model, tokenizer: Tokenizer):
     elif not neox_config_problems(model):
         hf = to_neox(model, eos_id=eos, pad_id=pad)
     else:
-        from picolm.models.picolm_transformers import PicolmForCausalLM
+        from picolm.interop.picolm_transformers import PicolmForCausalLM
 
         hf = PicolmForCausalLM.from_model(model)
     c = hf.config

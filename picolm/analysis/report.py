@@ -12,9 +12,10 @@ from picolm.train.tracking import read_metrics
 
 def sample_prompts(trainer, count: int) -> list[list[int]]:
     """Held-out document openings for a language model; held-out prompts for SFT and DPO."""
-    if trainer.task == "text":
-        return document_openings(trainer.val_tokens, trainer.tokenizer.eos_id, count, prompt_tokens=4)
-    return [p.tolist() for p in trainer.val_examples.prompts[:count]]
+    run = trainer.run
+    if run.val_examples is None:
+        return document_openings(run.val_tokens, trainer.tokenizer.eos_id, count, prompt_tokens=4)
+    return [p.tolist() for p in run.val_examples.prompts[:count]]
 
 
 def finish_run(trainer, result) -> None:

@@ -1,4 +1,4 @@
-"""Build a model from its config, or from any picolm checkpoint (the architecture is read from it)."""
+"""A model from any checkpoint (its architecture read from it) or from what `train.init_from` names."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ from pathlib import Path
 
 from torch import nn
 
+from picolm.checkpoint import find_checkpoint, load_checkpoint
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
-from picolm.models.gpt import GPT
-from picolm.models.sdd import SDD
+from picolm.models.build import NETWORKS, build_model
 from picolm.tokenizer import Tokenizer, tokenizer_from_dict
-from picolm.train.checkpoint import find_checkpoint, load_checkpoint
-
-ARCHITECTURES = {"gpt": GPT, "sdd": SDD}
-
-
-def build_model(config: ModelConfig) -> nn.Module:
-    return ARCHITECTURES[config.arch](config)
 
 
 @dataclass
@@ -40,10 +33,10 @@ def load_model(target: str | Path, device="cpu") -> LoadedModel:
     """A run directory (its best, else last, checkpoint) or a checkpoint file -> model in eval mode."""
     path = find_checkpoint(target)
     state = load_checkpoint(path, mmap=True)
-    if state["architecture"] not in (*ARCHITECTURES, "hf"):
+    if state["architecture"] not in (*NETWORKS, "hf"):
         raise PicolmError(f"unknown architecture {state['architecture']!r}", path=path)
     if state["architecture"] == "hf":
-        from picolm.models.hf import hf_model_from_checkpoint
+        from picolm.interop.hf import hf_model_from_checkpoint
 
         model = hf_model_from_checkpoint(state["model_config"], state["model_state_dict"])
     else:
@@ -56,7 +49,7 @@ def load_model(target: str | Path, device="cpu") -> LoadedModel:
 def load_start(source: str, device="cpu") -> LoadedModel:
     """What `train.init_from` names: a picolm run directory or checkpoint, or a GPT-2 in Hugging Face form (a folder
     written by save_pretrained, or a hub name such as gpt2) imported as a native picolm GPT."""
-    from picolm.models.hf import is_hub_name, load_gpt2
+    from picolm.interop.hf import is_hub_name, load_gpt2
 
     path = Path(source).expanduser()
     hf_folder = path.is_dir() and (path / "config.json").is_file()
@@ -75,4 +68,3 @@ def describe_mismatch(expected: ModelConfig, found: dict) -> str | None:
         if theirs != value:
             return f"model.{name} is {value!r} here but {theirs!r} in the checkpoint"
     return None
-

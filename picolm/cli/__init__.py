@@ -1,0 +1,52 @@
+"""`picolm <verb>`: the command line, one module per verb (each `register`s its parser and the function that runs
+it). Bad input exits with status 2 and one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from picolm.cli import analyze, chat, compare, eval, export, generate, prepare, quickstart, train
+from picolm.cli.common import Formatter, Parser, split_settings
+from picolm.errors import PicolmError
+
+VERBS = (prepare, train, eval, generate, compare, analyze, chat, export, quickstart)
+VERBS_HELP = ("prepare data, train (pretrain, SFT, DPO), evaluate, compare, analyze, generate, chat, serve, export to "
+              "Hugging Face, or run the quickstart")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = Parser(prog="picolm", formatter_class=Formatter,
+                  description="picolm: a small-language-model lab. Tokenize, pretrain, fine-tune (SFT, DPO), "
+                              "evaluate and sample small language models.")
+    root.add_argument("--debug", action="store_true", help="show full tracebacks")
+    verbs = root.add_subparsers(dest="verb", metavar="VERB", help=VERBS_HELP)
+    for verb in VERBS:
+        verb.register(verbs)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = parser()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        argv, settings = split_settings(argv)
+    except PicolmError as exc:
+        root.error(str(exc))
+    args = root.parse_args(argv)
+    if args.verb is None:
+        root.print_help()
+        return 0
+    if settings and not getattr(args, "takes_settings", False):
+        root.error(f"settings such as --{next(iter(settings))} apply to `picolm train` and `picolm compare` only")
+    args.settings = settings
+    try:
+        return args.run(args)
+    except PicolmError as exc:
+        if args.debug:
+            raise
+        print(f"picolm {args.verb}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"picolm {args.verb}: interrupted", file=sys.stderr)
+        return 130

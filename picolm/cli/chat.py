@@ -1,0 +1,57 @@
+"""`picolm chat` and `picolm serve`: a conversation with a model in the terminal or on a local web page."""
+
+from __future__ import annotations
+
+from picolm.cli.common import Formatter, add_sampling_options, device, sampling_options
+
+
+def register(verbs) -> None:
+    for verb, what, run in (("chat", "chat with a model in the terminal", chat),
+                            ("serve", "chat with a model on a local web page", serve)):
+        p = verbs.add_parser(verb, formatter_class=Formatter, help=what,
+                             description=f"{what[0].upper() + what[1:]}, its replies streamed as they are generated. "
+                                         "Each message is answered on its own: fine-tuned (SFT/DPO) models get the "
+                                         "instruction template, pretrained ones continue the text. Every session is "
+                                         "saved as CHATS_DIR/<Month_DD_YYYY_HH_MM_SS>/transcript.txt with its "
+                                         "settings.")
+        p.add_argument("target", help="run directory (best, else last checkpoint) or checkpoint file")
+        add_sampling_options(p, max_new_tokens=200)
+        p.add_argument("--template", default="auto", choices=["auto", "instruction", "none"],
+                       help="auto: instruction for SFT/DPO runs, none (plain continuation) otherwise")
+        p.add_argument("--chats-dir", default="chats", help="where sessions are saved")
+        p.add_argument("--device", default="auto")
+        if verb == "serve":
+            p.add_argument("--host", default="127.0.0.1")
+            p.add_argument("--port", type=int, default=8000)
+        p.set_defaults(run=run)
+
+
+def session(args):
+    from picolm.chat.session import ChatSession
+    from picolm.loading import load_model
+
+    options = sampling_options(args)
+    where = device(args.device)
+    return ChatSession(load_model(args.target, device=where), options, where, args.template, args.chats_dir)
+
+
+def chat(args) -> int:
+    from picolm.chat.terminal import chat_loop
+
+    chat_loop(session(args))
+    return 0
+
+
+def serve(args) -> int:
+    from picolm.chat.web import make_server
+
+    chat_session = session(args)
+    server = make_server(chat_session, args.host, args.port)
+    print(f"chatting with {chat_session.loaded.path} on http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        if chat_session.turns:
+            print(f"transcript: {chat_session.transcript}")
+    return 0

@@ -1,0 +1,85 @@
+"""`picolm prepare`: a data directory (tokens + tokenizer, or SFT/DPO examples) from a source."""
+
+from __future__ import annotations
+
+import argparse
+
+from picolm.cli.common import Formatter
+from picolm.errors import PicolmError
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser("prepare", formatter_class=Formatter, help="build a data directory (tokens + tokenizer)",
+                         description="Read a source, train or load a tokenizer, and write train/val/test token "
+                                     "files, meta.json and tokenizer/ into --out.")
+    p.add_argument("--source", required=True,
+                   help="built-in: numeric | stories | horror-sft | horror-dpo; hub: tinystories | wikitext-103 | "
+                        "openwebtext | fineweb | alpaca | dolly | rm-static | hh-rlhf; pairs:SOURCE (preference "
+                        "pairs from a text source); or PATH.txt | PATH.jsonl[:field] | PATH.json | "
+                        "PATH.parquet[:field] (JSON rows may hold instruction/input/output, prompt/response, "
+                        "prompt/chosen/rejected or chat messages)")
+    p.add_argument("--out", required=True, help="data directory to write")
+    p.add_argument("--tokenizer", default=None,
+                   help="bpe (a byte-level BPE trained here) | gpt2 | numeric | char | hf:NAME_OR_PATH (a Hugging "
+                        "Face tokenizer.json, its folder, or a hub name); default: numeric for --source numeric, "
+                        "else bpe")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="BPE vocabulary size (default: 32768 for openwebtext and fineweb, else 4096)")
+    p.add_argument("--limit", type=int, default=None, help="use at most N documents (per split for hub sources)")
+    p.add_argument("--subset-ratio", type=float, default=None, help="use this fraction of the documents")
+    p.add_argument("--split-ratios", default="0.8,0.1,0.1", help="train,val,test fractions")
+    p.add_argument("--ignore-source-splits", action="store_true",
+                   help="re-split by --split-ratios even when the source has its own splits")
+    p.add_argument("--seed", type=int, default=0, help="seed for generation and splitting")
+    p.add_argument("--num-sequences", type=int, default=None,
+                   help="built-in sources: how many sequences or stories (default 100000 numeric, 13000 stories)")
+    p.add_argument("--min-length", type=int, default=None, help="numeric: shortest sequence (default 8)")
+    p.add_argument("--max-length", type=int, default=None, help="numeric: longest sequence (default 16)")
+    p.add_argument("--max-value", type=int, default=None, help="numeric: largest value (default 99)")
+    p.add_argument("--hub-dir", default=None,
+                   help="hub sources: load this local copy (same files and schema) instead of the hub")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="SFT/DPO rows that cannot be used are reported and skipped instead of stopping")
+    streamed = p.add_argument_group(
+        "streaming (corpora larger than memory)",
+        "The web sources, and with --stream large .txt/.jsonl/.parquet files, are read as a stream in flat\n"
+        "memory: val and test are held out by a hash of each document (--split-ratios), the BPE learns from a\n"
+        "sample, documents are encoded in parallel, and the train tokens go to shards train-00000.bin, ...\n"
+        "listed in meta.json (val.bin and test.bin stay single files).")
+    streamed.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                          help="stream the source (default: on for openwebtext and fineweb, off otherwise)")
+    streamed.add_argument("--shard-tokens", type=int, default=100_000_000,
+                          help="tokens per train shard (200 MB as uint16)")
+    streamed.add_argument("--tokenizer-sample-mb", type=float, default=64.0,
+                          help="the BPE learns from the first this many MB of train documents")
+    streamed.add_argument("--workers", type=int, default=None,
+                          help="encoding processes, each with the tokenizer (default: one per core); 0 encodes in "
+                               "the main process on the tokenizer's threads (slower, about 160 MB less memory)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from picolm.data.pack import prepare
+    from picolm.data.preparation import PrepareOptions
+
+    try:
+        ratios = tuple(float(x) for x in args.split_ratios.split(","))
+    except ValueError:
+        raise PicolmError(f"expected three numbers like 0.8,0.1,0.1, got {args.split_ratios!r}",
+                          field="--split-ratios") from None
+    if len(ratios) != 3:
+        raise PicolmError("expected three fractions: train,val,test", field="--split-ratios")
+    options = PrepareOptions(source=args.source, out=args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                             limit=args.limit, subset_ratio=args.subset_ratio, split_ratios=ratios,
+                             use_source_splits=not args.ignore_source_splits, seed=args.seed,
+                             num_sequences=args.num_sequences, min_length=args.min_length,
+                             max_length=args.max_length, max_value=args.max_value, hub_dir=args.hub_dir,
+                             skip_bad_rows=args.skip_bad_rows, stream=args.stream, shard_tokens=args.shard_tokens,
+                             tokenizer_sample_mb=args.tokenizer_sample_mb, workers=args.workers)
+    meta = prepare(options)
+    if meta["task"] == "text":
+        print(f"wrote {args.out} (vocab {meta['vocab_size']}, {meta['encode_tokens_per_second']:,} tokens/s encoding)")
+    else:
+        print(f"wrote {args.out} ({meta['task']} examples; they are tokenized by `picolm train` with the tokenizer "
+              "of the model it starts from)")
+    return 0
