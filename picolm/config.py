@@ -405,7 +405,8 @@ class SamplingOptions:
     repetition_penalty: float = option(1.0, "> 1 discourages tokens already in the prompt or the output (CTRL)",
                                        "left-to-right models")
     stop: tuple[str, ...] = option((), "stop before this text (repeatable)")
-    seed: int | None = option(0, "random seed; None: a different sample every time")
+    seed: int | None = option(0, "random seed: the same seed and settings write the same text (None, in Python: "
+                                 "a different sample every time)")
     steps: int | None = option(None, "diffusion models: denoising steps (default: one per new token)",
                                "diffusion models (mdlm, sdd)")
     remasking: str = option("none", "masked diffusion: reveal masked tokens at random (none) or the most confident "

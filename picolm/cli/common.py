@@ -25,8 +25,9 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
-                and "%(default)" not in text:
+        shown = action.default is not None and action.default is not False and action.default not in (
+            "", argparse.SUPPRESS)  # `is`: a default of 0 is worth showing, False is not
+        if action.option_strings and shown and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
 
