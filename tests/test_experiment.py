@@ -129,3 +129,44 @@ def test_settings_are_refused_when_comparing_finished_runs(trained_run, capsys):
 def test_every_built_in_recipe_is_valid(name):
     experiment = load_experiment(name)
     assert experiment.title and experiment.description and len(experiment.runs) >= 2
+
+
+FAMILIES_RECIPE = """
+title: Tiny AR vs diffusion
+data:
+  source: numeric
+recipe:
+  model: {n_layer: 1, n_head: 2, n_embd: 32, block_size: 32, position: rope}
+  train: {max_steps: 6, batch_size: 8, eval_every: 3, eval_batches: 2, num_samples: 0}
+  log: {progress: false}
+runs:
+  ar: {model.causal: true}
+  mdlm: {model.causal: false, objective.kind: mdlm}
+  sdd: {model.arch: sdd, model.causal: false, objective.kind: sdd, objective.sdd_k: 2}
+evaluate:
+  splits: [test]
+  metrics: [perplexity, accuracy, generation]
+  max_windows: 4
+samples:
+  prompts: ["3 4 5", "2 4 6"]
+  max_new_tokens: 6
+  temperature: 0.8
+  steps: 6
+"""
+
+
+def test_every_family_is_compared_in_one_vocabulary_with_its_samples(numeric_data, tmp_path):
+    recipe = write(tmp_path, FAMILIES_RECIPE)
+    assert main(["compare", str(recipe), "--out", str(tmp_path / "out"), "--data", str(numeric_data)]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    for name, run in results.items():
+        metrics = run["metrics"]
+        assert {"test/loss", "test/perplexity", "test/accuracy", "generation/distinct_2",
+                "generation/self_bleu"} <= set(metrics), name
+        assert run["samples"]["length"] > 0, name
+    assert results["sdd"]["samples"]["length"] == 1.0  # the length is decided first: no empty samples
+    assert all(len(text.split()) == 3 + 6 for text in results["sdd"]["samples"]["texts"])
+    report = (tmp_path / "out" / "table.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| run |"))
+    assert "generation/distinct_2" in header and "generation/self_bleu" in header and "sample length" in header
+    assert "upper bound" in report and "not a bound" in report  # what mdlm's and sdd's perplexities are
