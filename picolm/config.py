@@ -381,7 +381,7 @@ def save_config(config: Config, path: Path) -> None:
 def load_config(path: Path) -> Config:
     try:
         return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except (TypeError, yaml.YAMLError) as exc:
+    except (TypeError, AttributeError, yaml.YAMLError) as exc:  # AttributeError: a document that is no mapping
         raise PicolmError(f"not a picolm config ({exc})", path=path) from None
 
 

@@ -32,14 +32,26 @@ def _cell(value) -> str:
     return "—" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def markdown_table(summaries: dict[str, dict]) -> str:
+def markdown_table(summaries: dict[str, dict], notes: dict[str, str] | None = None) -> str:
+    """The table, then what each run's loss and perplexity are where its family says they are not the usual."""
     columns = [c for c in ("steps", "train/loss", *SHOWN, "best val/loss") if any(c in s for s in summaries.values())]
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(_cell(s.get(c)) for c in columns) + " |" for name, s in summaries.items()]
-    if "val/perplexity_bound" in columns:
-        lines.append("\nperplexity_bound: exp(NELBO per token) of a masked-diffusion run, an upper bound on its "
-                     "perplexity; its loss is that NELBO.")
+    if notes:
+        lines += [""] + [f"{name}: {note}" for name, note in notes.items()]
     return "\n".join(lines)
+
+
+def family_note(run: Path) -> str | None:
+    """The note of the family the run trained (from its config.yaml), if it has one."""
+    from picolm.config import load_config
+    from picolm.methods import FAMILIES, family_of
+
+    try:
+        config = load_config(run / "config.yaml")
+    except (OSError, PicolmError):  # no config (or an unreadable one): the metrics are compared all the same
+        return None
+    return FAMILIES.get(config.objective.kind, family_of(config.model)).note
 
 
 def plot_runs(histories: dict[str, list[dict]], path: Path, title: str = "runs compared") -> Path:
@@ -73,7 +85,8 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> tuple[str, Path
         name = run.name if run.name not in histories else str(run)
         histories[name] = rows
     out = Path(out)
-    table = markdown_table({name: final_metrics(rows) for name, rows in histories.items()})
+    notes = {name: note for name, run in zip(histories, map(Path, run_dirs)) if (note := family_note(run))}
+    table = markdown_table({name: final_metrics(rows) for name, rows in histories.items()}, notes)
     plot = plot_runs(histories, out / "compare.png")
     report = out / "compare.md"
     report.write_text(f"# Runs compared\n\n{table}\n\n![loss curves]({plot.name})\n", encoding="utf-8")
