@@ -430,3 +430,29 @@ def test_a_diffusion_run_is_no_starting_point_for_left_to_right_training(diffusi
     assert main(["train", "--data", str(numeric_data), "--out", str(tmp_path / "b"), "--init-from",
                  str(trained_run), "--train.max_steps", "1", "--log.progress", "false", *DIFFUSION]) == 2
     assert "train.init_from: masked diffusion starts from scratch" in capsys.readouterr().err
+
+
+def test_a_run_written_before_families_recorded_their_kind_resumes_as_its_family(diffusion_run, tmp_path, capsys):
+    """Runs from before picolm/methods stored `objective.kind: auto` (or the user's kind) and checkpoints without
+    a `task`: the model's mask token still makes it an MDLM run, for resume, eval and generate."""
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(diffusion_run, old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    config["objective"]["kind"] = "auto"
+    (old / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(old / "checkpoints" / name, weights_only=True)
+        state.pop("task")
+        state["train_config"]["objective"]["kind"] = "auto"
+        torch.save(state, old / "checkpoints" / name)
+    assert main(["train", "--resume", str(old), "--train.max_steps", "25"]) == 0
+    assert yaml.safe_load((old / "config.yaml").read_text())["objective"]["kind"] == "mdlm"
+    rows = [json.loads(line) for line in (old / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 25 and "val/perplexity_bound" in rows[-1]
+    capsys.readouterr()
+    assert main(["eval", str(old), "--max-windows", "8"]) == 0
+    assert "upper bound" in capsys.readouterr().out
