@@ -90,8 +90,8 @@ def check_settings(objective: ObjectiveConfig, family: Family) -> None:
     """An objective setting the family does not read must keep its default: applied or refused, never dropped."""
     defaults = ObjectiveConfig()
     for f in dataclasses.fields(ObjectiveConfig):
-        if f.name != "kind" and f.name not in family.settings and getattr(objective, f.name) != getattr(defaults,
-                                                                                                      f.name):
+        changed = getattr(objective, f.name) != getattr(defaults, f.name)
+        if changed and f.name != "kind" and f.name not in family.settings:
             readers = [other.kind for other in FAMILIES.values() if f.name in other.settings]
             raise PicolmError(f"applies to {' and '.join(readers) or 'no family'} (this run trains {family.kind})",
                               field=f"objective.{f.name}")
