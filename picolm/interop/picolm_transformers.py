@@ -8,9 +8,9 @@ that never imported picolm, through two small files that import these classes fr
 `generate` and `Trainer` (`labels` give the usual shifted causal loss, -100 ignored).
 
 Generation decodes incrementally through picolm's own `DecodeCache` (key/value buffers for softmax attention, the
-recurrent state for linear attention), passed from step to step as `past_key_values`: the model tells
-`generate` not to make a transformers `Cache` (`_supports_default_dynamic_cache`), so the `DecodeCache` the first
-forward returns is what later steps receive. A 2D `attention_mask` with left padding becomes picolm's per-row
+recurrent state for linear attention), passed from step to step as `past_key_values` (`cache` from transformers
+5.25 on): the model tells `generate` not to make a transformers `Cache` (`_supports_default_dynamic_cache`), so the
+`DecodeCache` the first forward returns is what later steps receive. A 2D `attention_mask` with left padding becomes picolm's per-row
 positions and boolean attention mask, as `picolm.models.masks` builds them, so batched generation matches decoding
 each prompt alone. Generation stops with an error at `block_size` tokens (picolm's own decoder slides its window
 instead). Bidirectional models (masked diffusion) and `arch sdd` give logits but refuse `generate` and `labels`:
@@ -36,6 +36,8 @@ from picolm.models.masks import padded_positions, padding_mask
 from picolm.models.position import RotaryPosition
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+# the output field that carries the cache between generation steps: `cache` from transformers 5.25 on
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 # modules written beside the weights (auto class -> module, class) so that `trust_remote_code=True` finds the
 # classes in the installed picolm
 SHIMS = {"AutoConfig": ("configuration_picolm", "PicolmConfig"),
@@ -167,14 +169,15 @@ class PicolmForCausalLM(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                past_key_values=None, use_cache: bool | None = None, return_dict: bool | None = None, **kwargs):
+                past_key_values=None, use_cache: bool | None = None, return_dict: bool | None = None, cache=None,
+                **kwargs):
         """Logits (B, T, vocab) equal to picolm's forward on `input_ids`; with `labels` the shifted causal loss;
         with `use_cache` (or a `past_key_values` from an earlier call) the `DecodeCache` holding these tokens.
         An sdd model reads the ids as a clean state (one candidate per position)."""
         if labels is not None:
             self._refuse_unless_left_to_right("a causal language-modelling loss")
         network = self.model
-        cache = past_key_values
+        cache = cache if cache is not None else past_key_values  # transformers >= 5.25 names it `cache`
         if (use_cache or cache is not None) and self.writes_left_to_right:
             cache = cache if cache is not None else network.new_cache(input_ids.shape[0])
         else:
@@ -192,7 +195,7 @@ class PicolmForCausalLM(PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=logits.shape[-1], **kwargs)
-        output = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache})
         return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
