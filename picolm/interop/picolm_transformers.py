@@ -8,13 +8,13 @@ that never imported picolm, through two small files that import these classes fr
 `generate` and `Trainer` (`labels` give the usual shifted causal loss, -100 ignored).
 
 Generation decodes incrementally through picolm's own `DecodeCache` (key/value buffers for softmax attention, the
-recurrent state for linear attention), passed from step to step as `past_key_values` (`cache` from transformers
-5.25 on): the model tells `generate` not to make a transformers `Cache` (`_supports_default_dynamic_cache`), so the
-`DecodeCache` the first forward returns is what later steps receive. A 2D `attention_mask` with left padding becomes picolm's per-row
-positions and boolean attention mask, as `picolm.models.masks` builds them, so batched generation matches decoding
-each prompt alone. Generation stops with an error at `block_size` tokens (picolm's own decoder slides its window
-instead). Bidirectional models (masked diffusion) and `arch sdd` give logits but refuse `generate` and `labels`:
-they do not write left to right (`picolm generate` has their samplers).
+recurrent state for linear attention), passed from step to step as `past_key_values` (`cache` from transformers 5.25
+on): the model tells `generate` not to make a transformers `Cache` (`_supports_default_dynamic_cache`), so the
+`DecodeCache` the first forward returns is what later steps receive. A 2D `attention_mask` with left padding becomes
+picolm's per-row positions and boolean attention mask, as `picolm.models.masks` builds them, so batched generation
+matches decoding each prompt alone. Generation stops with an error at `block_size` tokens (picolm's own decoder
+slides its window instead). Bidirectional models (masked diffusion) and `arch sdd` give logits but refuse `generate`
+and `labels`: they do not write left to right (`picolm generate` has their samplers).
 
 transformers is imported at the top: import this module only on paths that need transformers.
 """
