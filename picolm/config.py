@@ -40,14 +40,11 @@ def filled_in_by_training(cls, name: str, value) -> bool:
     return f.metadata.get("resolved", False) and value == f.default
 
 
-def help_text(cls, name: str) -> str:
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
-
-
-def _check(section: str, checks: list[tuple[bool, str, str]]) -> None:
+def refuse_failed(checks: list[tuple[bool, str, str]], prefix: str = "") -> None:
+    """Raise a PicolmError for the first (ok, field, why) that is not ok, naming `prefix + field`."""
     for ok, name, why in checks:
         if not ok:
-            raise PicolmError(why, field=f"{section}.{name}")
+            raise PicolmError(why, field=prefix + name)
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ class ModelConfig:
                                f"applies to linear attention only (model.attention is {self.attention})"))
         if self.position == "rope":
             checks.append(((self.n_embd // self.n_head) % 2 == 0, "n_embd", "RoPE needs an even head size"))
-        _check("model", checks)
+        refuse_failed(checks, "model.")
 
 
 # Parameter counts in the comments exclude the token embedding (it depends on the vocabulary).
@@ -195,7 +192,7 @@ class TrainConfig:
     hf_model: str = setting("", "or start from a Hugging Face causal LM: a hub name (gpt2) or a local directory")
 
     def validate(self) -> None:
-        _check("train", [
+        refuse_failed([
             (self.optimizer in ("adamw", "muon"), "optimizer", "must be adamw or muon"),
             (self.schedule in ("cosine", "linear", "constant"), "schedule", "must be cosine, linear or constant"),
             (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"), "device",
@@ -215,7 +212,7 @@ class TrainConfig:
             (self.eval_batches > 0, "eval_batches", "must be positive"),
             (self.log_every > 0, "log_every", "must be positive"),
             (not (self.init_from and self.hf_model), "hf_model", "set init_from or hf_model, not both"),
-        ])
+        ], "train.")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from picolm.config import ObjectiveConfig, SamplingOptions, config_from_dict
@@ -36,6 +35,7 @@ from picolm.eval.quality import distinct_n, self_bleu
 from picolm.eval.samples import document_openings
 from picolm.generate import TextGenerator, generate_ids
 from picolm.methods import family_for, family_of
+from picolm.methods.family import perplexity
 from picolm.methods.next_token import WARMUP_NUMBERS
 from picolm.methods.preference import Preference
 from picolm.methods.sequences import pair_log_probs
@@ -130,7 +130,7 @@ class RunEvaluation:
         per_token = pair_log_probs(self.model, examples, self.request.batch_size, self.tokenizer.eos_id, self.device,
                                    nullcontext, length_normalize=True)
         loss = float(-per_token[:, 0].mean())
-        return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "chosen_more_likely":
+        return {"loss": loss, "perplexity": perplexity(loss), "chosen_more_likely":
                 float((per_token[:, 0] > per_token[:, 1]).float().mean())}
 
     def longer_sequences(self) -> dict:

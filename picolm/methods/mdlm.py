@@ -21,13 +21,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from picolm.config import REMASKING, Config, ModelConfig, ObjectiveConfig, SamplingOptions
+from picolm.config import REMASKING, Config, ModelConfig, ObjectiveConfig, SamplingOptions, refuse_failed
 from picolm.data.loader import window_batches
 from picolm.errors import PicolmError
 from picolm.methods.family import Family, Objective
 from picolm.methods.noise import antithetic_times
 from picolm.methods.sampling import WholeCanvas, filter_logits, gumbel_max, seeded_generator
-from picolm.models.masks import padding_mask
+from picolm.models.masks import padded_positions, padding_mask
 
 BOUND_NOTE = "perplexity (also perplexity_bound) is exp(NELBO per token): an upper bound on the perplexity"
 TIMES_PER_ROW = 4  # noise levels each evaluation row is scored at
@@ -111,9 +111,8 @@ def sample(model, prompts: list[list[int]], length: int, steps: int | None = Non
     x = torch.tensor([[pad_id] * (width - len(p)) + list(p) + [mask_id] * length for p in prompts], device=device)
     positions = attn_mask = None
     if bool(pad.any()):  # left padding: positions count from each row's first token; padding is never seen
-        columns = torch.arange(x.shape[1], device=device)
-        positions = (columns - pad[:, None]).clamp(min=0)
-        attn_mask = (columns[None, :] >= pad[:, None])[:, None, None, :]
+        real = torch.arange(x.shape[1], device=device) >= pad[:, None]
+        positions, attn_mask = padded_positions(real), padding_mask(real, causal=False)
     try:
         for b, (start, end) in enumerate(blocks):
             block_steps = steps // len(blocks) + (b < steps % len(blocks))
@@ -183,9 +182,7 @@ class MDLMFamily(Family):
                                                           "backbone"),
             (0.0 < o.eps < 1.0, "objective.eps", "must be in (0, 1)"),
         ]
-        for ok, name, why in checks:
-            if not ok:
-                raise PicolmError(why, field=name)
+        refuse_failed(checks)
         if m.position == "learned":
             return ["with learned positions a bidirectional model is slow to use its neighbours (on numeric data it "
                     "stayed at the unigram level for 1,500 steps); model.position rope learns from the start"]

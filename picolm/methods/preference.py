@@ -14,8 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from picolm.config import Config, ObjectiveConfig
-from picolm.errors import PicolmError
+from picolm.config import Config, ObjectiveConfig, refuse_failed
 from picolm.methods.family import Family, Metrics, Objective
 from picolm.methods.sampling import LeftToRight
 from picolm.methods.sequences import pair_log_probs, sequence_log_probs
@@ -124,9 +123,7 @@ class PreferenceFamily(Family):
             (0.0 <= o.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)"),
             (o.reference in REFERENCES, "reference", f"must be one of {', '.join(REFERENCES)}"),
         ]
-        for ok, name, why in checks:
-            if not ok:
-                raise PicolmError(why, field=f"objective.{name}")
+        refuse_failed(checks, "objective.")
         return []
 
     def objective(self, config: Config, tokenizer, task: str) -> Objective:

@@ -30,12 +30,10 @@ import math
 from contextlib import nullcontext
 from dataclasses import replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from picolm.config import Config, ModelConfig, ObjectiveConfig, SamplingOptions
-from picolm.data.loader import window_batches
+from picolm.config import Config, ModelConfig, ObjectiveConfig, SamplingOptions, refuse_failed
 from picolm.errors import PicolmError
 from picolm.methods.family import Family, Objective
 from picolm.methods.noise import antithetic_times
@@ -167,15 +165,6 @@ class SparseDistributionDiffusion(Objective):
         return loss, metrics
 
 
-@torch.no_grad()
-def evaluate_sdd(model, tokens: np.ndarray, block_size: int, eos_id: int, batch_size: int = 16,
-                 max_windows: int | None = None, device="cpu", autocast=nullcontext,
-                 times_per_window: int = TIMES_PER_ROW, seed: int = 0) -> dict[str, float]:
-    """The denoising metrics over a split's evaluation windows (their inputs are the rows; see `SDDFamily.score`)."""
-    batches = window_batches(tokens, block_size, batch_size, max_windows)
-    return SDDFamily().finish(SDDFamily.score(model, batches, eos_id, device, autocast, times_per_window, seed))
-
-
 # ---------------------------------------------------------------- sampler
 
 
@@ -304,9 +293,7 @@ class SDDFamily(Family):
             (m.vocab_size <= 0 or k <= m.vocab_size, k_field,
              f"k = {k} candidates per position is more than the vocabulary of {m.vocab_size}"),
         ]
-        for ok, name, why in checks:
-            if not ok:
-                raise PicolmError(why, field=name)
+        refuse_failed(checks)
         return []
 
     def vocabulary(self, model: ModelConfig, tokenizer, objective: ObjectiveConfig) -> ModelConfig:
@@ -323,9 +310,7 @@ class SDDFamily(Family):
 
     def evaluate(self, model, batches, objective: SparseDistributionDiffusion, device="cpu", autocast=nullcontext,
                  kind_names=None) -> dict[str, float]:
-        metrics = self.score(model, batches, objective.eos_id, device, autocast)
-        metrics.pop("tokens")
-        return self.finish(metrics)
+        return self.finish(self.score(model, batches, objective.eos_id, device, autocast))
 
     @classmethod
     @torch.no_grad()
@@ -356,5 +341,4 @@ class SDDFamily(Family):
         finally:
             model.train(was_training)
         # a metric with nothing to count (ignore_acc on rows without padding) is left out, not NaN
-        result = {name: sums[name] / counts[name] for name in ("loss", "accuracy", "ignore_acc") if counts[name]}
-        return {**result, "tokens": counts["loss"] // times}
+        return {name: sums[name] / counts[name] for name in ("loss", "accuracy", "ignore_acc") if counts[name]}
