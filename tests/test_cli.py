@@ -93,6 +93,11 @@ def test_sampling_is_reproducible_for_a_seed(trained_run, capsys):
     (["train", "--data", "d", "--train.lr", "fast"], "train.lr: expected float, got 'fast'"),
     (["eval", "x", "--device", "mps"], "--device: mps is not available on this machine"),
     (["eval", "x", "--device", "tpu"], "--device: unknown device 'tpu'"),
+    (["prepare", "--source", "numeric", "--out", "x", "--limit", "-5"], "argument --limit: must be at least 1, got -5"),
+    (["generate", "x", "--temperature", "1e-300"], "argument --temperature: must be 0 or at least 0.0001"),
+    (["train", "--data", "d", "--train.max_steps", "-1"], "train.max_steps: must be at least 1 (got -1)"),
+    (["prepare", "--source", "stories", "--out", "x", "--vocab-size", "1e9"], "must be at most 16777216, got 1e9"),
+    (["prepare", "--out", "x"], "the following arguments are required: --source"),
 ])
 def test_bad_input_gives_one_line_and_status_2(args, message, tmp_path):
     result = picolm(*args, cwd=tmp_path)
@@ -164,7 +169,7 @@ def test_numeric_prompt_and_continuation_are_separated(trained_run, capsys):
 
 def test_eval_refuses_an_empty_evaluation(trained_run):
     result = picolm("eval", str(trained_run), "--batch-size", "0")
-    assert result.returncode == 2 and "evaluation: batch size and number of windows must be at least 1" in result.stderr
+    assert result.returncode == 2 and "argument --batch-size: must be at least 1, got 0" in result.stderr
 
 
 def test_train_help_prints_every_setting_with_the_help_of_its_field(capsys):
@@ -173,8 +178,7 @@ def test_train_help_prints_every_setting_with_the_help_of_its_field(capsys):
 
     from picolm.config import SECTIONS
 
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
+    assert main(["train", "--help"]) == 0
     text = "".join(capsys.readouterr().out.split())  # wrapping moves line breaks; the words stay in order
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
@@ -187,8 +191,7 @@ def test_sampling_options_come_from_their_dataclass(capsys):
 
     from picolm.config import SamplingOptions
 
-    with pytest.raises(SystemExit):
-        main(["generate", "--help"])
+    assert main(["generate", "--help"]) == 0
     text = "".join(capsys.readouterr().out.split())
     for f in dataclasses.fields(SamplingOptions):
         assert "--" + f.name.replace("_", "-") in text and "".join(f.metadata["help"].split()) in text

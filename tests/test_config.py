@@ -6,12 +6,17 @@ import pytest
 
 from picolm.config import (
     PRESETS,
+    SECTIONS,
     Config,
     ModelConfig,
+    SamplingOptions,
     build_config,
     config_from_dict,
     load_config,
+    range_checks,
+    real,
     save_config,
+    whole,
 )
 from picolm.errors import PicolmError
 
@@ -254,8 +259,12 @@ def test_empty_value_for_a_required_field_names_file_line_and_field(tmp_path):
     ({"position": "alibi"}, "model.position", "must be one of learned, rope, none"),
     ({"attention": "quadratic"}, "model.attention", "must be one of softmax, linear"),
     ({"mlp": "relu"}, "model.mlp", "must be one of gelu, swiglu"),
-    ({"dropout": 1.0}, "model.dropout", "must be in [0, 1)"),
-    ({"n_layer": 0}, "model.n_layer", "sizes must be positive"),
+    ({"dropout": 1.0}, "model.dropout", "must be in [0, 1) (got 1.0)"),
+    ({"n_layer": 0}, "model.n_layer", "must be at least 1 (got 0)"),
+    ({"n_head": 0}, "model.n_head", "must be at least 1 (got 0)"),  # checked before n_embd % n_head divides by it
+    ({"n_embd": 10**9}, "model.n_embd", "must be at most 65536 (got 1000000000)"),
+    ({"dropout": float("nan")}, "model.dropout", "must be in [0, 1) (got nan)"),
+    ({"rope_base": 1.0}, "model.rope_base", "must be in (1, 1e12] (got 1.0)"),
     ({"position": "rope", "n_embd": 12, "n_head": 4}, "model.n_embd", "RoPE needs an even head size"),
 ])
 def test_model_validate_refuses_bad_shapes(changes, field, why):
@@ -326,3 +335,56 @@ def test_load_config_refuses_a_foreign_file(tmp_path):
     with pytest.raises(PicolmError, match="not a picolm config") as excinfo:
         load_config(path)
     assert str(path) in str(excinfo.value)
+
+
+# ---------------------------------------------------------------- ranges
+
+
+@pytest.mark.parametrize(("within", "value", "why"), [
+    (whole(1, 10), 1, None),
+    (whole(1, 10), 0, "must be at least 1"),
+    (whole(1, 10), 11, "must be at most 10"),
+    (whole(1, 10), 2.0, "must be a whole number"),
+    (whole(1, 10), True, "must be a whole number"),
+    (whole(2, 10, "samples"), 1, "needs at least 2 samples"),
+    (real(0, 1, below=True), 0.0, None),
+    (real(0, 1, below=True), 1.0, "must be in [0, 1)"),
+    (real(0, 1, below=True), float("nan"), "must be in [0, 1)"),
+    (real(0, 1, below=True), float("-inf"), "must be in [0, 1)"),
+    (real(0, 1, below=True), 1e-300, "must be 0 or at least 1.2e-38"),  # float32 would train it as 0
+    (real(0, 1, below=True), 1e-30, None),
+    (real(0, 100, tiny=1e-4), 0.0, None),
+    (real(0, 100, tiny=1e-4), 1e-5, "must be 0 or at least 0.0001"),
+    (real(0, 1, above=True, tiny=1e-6), 1e-7, "must be at least 1e-6"),
+    (real(0, 1, above=True, tiny=1e-6), 0.0, "must be in (0, 1]"),
+])
+def test_a_range_says_why_a_value_is_out_of_it(within, value, why):
+    assert within.why_not(value) == why
+
+
+@pytest.mark.parametrize(("within", "shown"), [
+    (whole(1), "at least 1"), (whole(0, 1024), "0 to 1024"), (real(0, 1, below=True), "in [0, 1)"),
+    (real(1, 1e12, above=True), "in (1, 1e12]"), (real(0, 100, tiny=1e-4), "in [0, 100]; 0 or at least 0.0001"),
+    (real(0, 1, above=True, below=True, tiny=1e-6), "in (0, 1), at least 1e-6"),
+])
+def test_a_range_describes_itself_for_the_help(within, shown):
+    assert within.describe() == shown
+
+
+def test_every_default_is_in_its_own_range():
+    for cls in [*SECTIONS.values(), SamplingOptions]:
+        instance = cls()
+        assert not [why for ok, _, why in range_checks(instance) if not ok], cls.__name__
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("train.max_steps", "-1", r"train\.max_steps: must be at least 1 \(got -1\)"),
+    ("train.lr", "inf", r"train\.lr: must be in \(0, 10\] \(got inf\)"),
+    ("train.epochs", "1e-300", r"train\.epochs: must be at least 1\.2e-38"),
+    ("objective.eps", "1e-9", r"objective\.eps: must be at least 1e-6"),
+    ("objective.sdd_k_curriculum", "1,0", r"objective\.sdd_k_curriculum: must be at least 1 \(got 0\)"),
+    ("train.micro_batch_size", "0", r"train\.micro_batch_size: must be at least 1"),  # before it divides anything
+])
+def test_settings_out_of_range_name_the_field(key, value, message):
+    with pytest.raises(PicolmError, match=message):
+        build_config(None, {key: value})

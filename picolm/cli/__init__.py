@@ -26,20 +26,29 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    root = parser()
-    argv = sys.argv[1:] if argv is None else argv
+def parse(root: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The verb's arguments, with the `--section.key value` settings as `args.settings`. argparse ends `--help` and
+    every refusal (one line, status 2) with SystemExit."""
     try:
         argv, settings = split_settings(argv)
     except PicolmError as exc:
         root.error(str(exc))
     args = root.parse_args(argv)
+    if settings and args.verb is not None and not getattr(args, "takes_settings", False):
+        root.error(f"settings such as --{next(iter(settings))} apply to `picolm train` and `picolm compare` only")
+    args.settings = settings
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = parser()
+    try:
+        args = parse(root, sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help, or bad arguments already named on one line
+        return exc.code if isinstance(exc.code, int) else 0
     if args.verb is None:
         root.print_help()
         return 0
-    if settings and not getattr(args, "takes_settings", False):
-        root.error(f"settings such as --{next(iter(settings))} apply to `picolm train` and `picolm compare` only")
-    args.settings = settings
     try:
         return args.run(args)
     except PicolmError as exc:

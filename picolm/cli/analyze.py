@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from picolm.cli.common import Formatter, device
-from picolm.errors import PicolmError
+from picolm.cli.common import Formatter, count, device, output_folder
 
 
 def register(verbs) -> None:
@@ -19,17 +18,16 @@ def register(verbs) -> None:
     p.add_argument("--text", default=None,
                    help="attention: the input to show (default: the first validation document of the run's data)")
     p.add_argument("--data", default=None, help="neurons: a numeric data directory (default: the run's)")
-    p.add_argument("--out", default=None, help="folder for the plots (default: RUN_DIR/analysis)")
-    p.add_argument("--max-windows", type=int, default=256, help="neurons: validation windows to average over")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=output_folder, default=None, help="folder for the plots (default: RUN_DIR/analysis)")
+    p.add_argument("--max-windows", type=count(1), default=256,
+                   help="neurons: at most this many validation windows to average over, evenly spread")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from picolm.analysis.interpret import analyze_run
 
-    if args.max_windows < 1:
-        raise PicolmError("must be at least 1", field="--max-windows")
     for path in analyze_run(args.target, args.what, args.text, args.data, args.out, args.max_windows,
                             device(args.device)):
         print(f"wrote {path}")

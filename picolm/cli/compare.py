@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from picolm.cli.common import Formatter
+from picolm.cli.common import Formatter, output_folder
 from picolm.errors import PicolmError
 
 
@@ -22,7 +22,8 @@ def register(verbs) -> None:
                                 "  picolm compare numeric-compare\n"
                                 "  picolm compare positions-compare --train.max_steps 5000 --device cuda")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR | RECIPE")
-    p.add_argument("--out", default=None, help="output folder (default: compare, or runs/compare-NAME for a recipe)")
+    p.add_argument("--out", type=output_folder, default=None,
+                   help="output folder (default: compare, or runs/compare-NAME for a recipe)")
     p.add_argument("--data", default=None, help="recipe: an already prepared data directory to use instead")
     p.add_argument("--device", default="auto", help="recipe: where to train and evaluate")
     p.set_defaults(run=run, takes_settings=True)

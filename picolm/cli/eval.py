@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from picolm.cli.common import Formatter, add_sampling_options, device, sampling_options
+from picolm.cli.common import Formatter, add_sampling_options, count, device, output_file, sampling_options
 
 
 def register(verbs) -> None:
@@ -25,12 +25,15 @@ def register(verbs) -> None:
     p.add_argument("--reference", default=None,
                    help="preference: the reference run or checkpoint (default: the run's --init-from)")
     p.add_argument("--instructions", default=None, help="format: an SFT data directory (default: --data)")
-    p.add_argument("--samples", type=int, default=32, help="generation/format: how many prompts to generate for")
+    p.add_argument("--samples", type=count(2, 100_000, "samples"), default=32,
+                   help="generation/format: how many prompts to generate for")
     add_sampling_options(p, max_new_tokens=64)
-    p.add_argument("--json", dest="json_out", default=None, help="also write the metrics as JSON here")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-windows", type=int, default=None, help="evaluate at most N windows (default: all)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--json", dest="json_out", type=output_file, default=None,
+                   help="also write the metrics as JSON to this file")
+    p.add_argument("--batch-size", type=count(1, 65536), default=16, help="windows (or examples) per forward pass")
+    p.add_argument("--max-windows", type=count(1), default=None,
+                   help="evaluate at most N windows, evenly spread (default: all)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.set_defaults(run=run)
 
 
@@ -53,5 +56,11 @@ def run(args) -> int:
     result = RunEvaluation(load_model(args.target, device=where), request, where).run()
     print(format_metrics(result))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=1), encoding="utf-8")
+        write_json(Path(args.json_out), result)
     return 0
+
+
+def write_json(path: Path, metrics: dict) -> None:
+    """The metrics as one JSON object (missing parent folders made, as for every output path)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=1), encoding="utf-8")

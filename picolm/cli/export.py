@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from picolm.cli.common import Formatter
+from picolm.cli.common import Formatter, output_folder
 
 
 def register(verbs) -> None:
@@ -26,7 +26,7 @@ def register(verbs) -> None:
                                 "  picolm export runs/stories --format hf exported/stories\n"
                                 "  lm_eval --model hf --model_args pretrained=exported/stories --tasks hellaswag")
     p.add_argument("target", metavar="RUN_DIR|CKPT", help="run directory (best checkpoint) or checkpoint file")
-    p.add_argument("out", metavar="OUT_DIR", help="folder to write (new, or empty)")
+    p.add_argument("out", metavar="OUT_DIR", type=output_folder, help="folder to write (new, or empty)")
     p.add_argument("--format", default="hf", help="hf: a Hugging Face transformers folder (the one format)")
     p.set_defaults(run=run)
 

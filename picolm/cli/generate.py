@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from picolm.cli.common import Formatter, add_sampling_options, device, sampling_options
+from picolm.cli.common import Formatter, add_sampling_options, count, device, sampling_options
 
 
 def register(verbs) -> None:
@@ -13,8 +13,9 @@ def register(verbs) -> None:
     p.add_argument("target", help="run directory (best checkpoint) or checkpoint file")
     p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
     add_sampling_options(p)
-    p.add_argument("--num-samples", type=int, default=1, help="several samples, decoded together in one batch")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--num-samples", type=count(1, 1024), default=1,
+                   help="several samples, decoded together in one batch")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.set_defaults(run=run)
 
 

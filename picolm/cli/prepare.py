@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from picolm.cli.common import Formatter
+from picolm.cli.common import Formatter, Fractions, count, number, output_folder
+from picolm.config import MAX_VOCAB, SEEDS
 from picolm.errors import PicolmError
+
+BPE_ALPHABET = 256 + 3  # a byte-level BPE holds every byte and the EOS, padding and mask tokens before any merge
 
 
 def register(verbs) -> None:
@@ -18,24 +21,28 @@ def register(verbs) -> None:
                         "pairs from a text source); or PATH.txt | PATH.jsonl[:field] | PATH.json | "
                         "PATH.parquet[:field] (JSON rows may hold instruction/input/output, prompt/response, "
                         "prompt/chosen/rejected or chat messages)")
-    p.add_argument("--out", required=True, help="data directory to write")
+    p.add_argument("--out", required=True, type=output_folder, help="data directory to write")
     p.add_argument("--tokenizer", default=None,
                    help="bpe (a byte-level BPE trained here) | gpt2 | numeric | char | hf:NAME_OR_PATH (a Hugging "
                         "Face tokenizer.json, its folder, or a hub name); default: numeric for --source numeric, "
                         "else bpe")
-    p.add_argument("--vocab-size", type=int, default=None,
-                   help="BPE vocabulary size (default: 32768 for openwebtext and fineweb, else 4096)")
-    p.add_argument("--limit", type=int, default=None, help="use at most N documents (per split for hub sources)")
-    p.add_argument("--subset-ratio", type=float, default=None, help="use this fraction of the documents")
-    p.add_argument("--split-ratios", default="0.8,0.1,0.1", help="train,val,test fractions")
+    p.add_argument("--vocab-size", type=count(BPE_ALPHABET, MAX_VOCAB), default=None,
+                   help="BPE vocabulary size, its 256 bytes and 3 special tokens included (default: 32768 for "
+                        "openwebtext and fineweb, else 4096); --tokenizer bpe only")
+    p.add_argument("--limit", type=count(1), default=None, help="use at most N documents (per split for hub sources)")
+    p.add_argument("--subset-ratio", type=number(0, 1, above=True), default=None,
+                   help="use this fraction of the documents (at least one)")
+    p.add_argument("--split-ratios", type=Fractions("train", "val", "test"), default="0.8,0.1,0.1",
+                   help="train,val,test fractions")
     p.add_argument("--ignore-source-splits", action="store_true",
                    help="re-split by --split-ratios even when the source has its own splits")
-    p.add_argument("--seed", type=int, default=0, help="seed for generation and splitting")
-    p.add_argument("--num-sequences", type=int, default=None,
+    p.add_argument("--seed", type=count(*SEEDS), default=0, help="seed for generation and splitting")
+    p.add_argument("--num-sequences", type=count(1, 10_000_000), default=None,
                    help="built-in sources: how many sequences or stories (default 100000 numeric, 13000 stories)")
-    p.add_argument("--min-length", type=int, default=None, help="numeric: shortest sequence (default 8)")
-    p.add_argument("--max-length", type=int, default=None, help="numeric: longest sequence (default 16)")
-    p.add_argument("--max-value", type=int, default=None, help="numeric: largest value (default 99)")
+    p.add_argument("--min-length", type=count(3, 10_000), default=None, help="numeric: shortest sequence (default 8)")
+    p.add_argument("--max-length", type=count(3, 10_000), default=None, help="numeric: longest sequence (default 16)")
+    p.add_argument("--max-value", type=count(1, 1_000_000), default=None,
+                   help="numeric: largest value, at least twice --max-length (default 99)")
     p.add_argument("--hub-dir", default=None,
                    help="hub sources: load this local copy (same files and schema) instead of the hub")
     p.add_argument("--skip-bad-rows", action="store_true",
@@ -48,11 +55,12 @@ def register(verbs) -> None:
         "listed in meta.json (val.bin and test.bin stay single files).")
     streamed.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                           help="stream the source (default: on for openwebtext and fineweb, off otherwise)")
-    streamed.add_argument("--shard-tokens", type=int, default=100_000_000,
+    streamed.add_argument("--shard-tokens", type=count(1), default=100_000_000,
                           help="tokens per train shard (200 MB as uint16)")
-    streamed.add_argument("--tokenizer-sample-mb", type=float, default=64.0,
-                          help="the BPE learns from the first this many MB of train documents")
-    streamed.add_argument("--workers", type=int, default=None,
+    streamed.add_argument("--tokenizer-sample-mb", type=number(0, 1e6, above=True), default=64.0,
+                          help="the BPE learns from the first this many MB of train documents (at least one "
+                               "document)")
+    streamed.add_argument("--workers", type=count(0, 1024), default=None,
                           help="encoding processes, each with the tokenizer (default: one per core); 0 encodes in "
                                "the main process on the tokenizer's threads (slower, about 160 MB less memory)")
     p.set_defaults(run=run)
@@ -60,17 +68,14 @@ def register(verbs) -> None:
 
 def run(args) -> int:
     from picolm.data.pack import prepare
-    from picolm.data.preparation import PrepareOptions
+    from picolm.data.preparation import PrepareOptions, default_tokenizer
 
-    try:
-        ratios = tuple(float(x) for x in args.split_ratios.split(","))
-    except ValueError:
-        raise PicolmError(f"expected three numbers like 0.8,0.1,0.1, got {args.split_ratios!r}",
-                          field="--split-ratios") from None
-    if len(ratios) != 3:
-        raise PicolmError("expected three fractions: train,val,test", field="--split-ratios")
+    tokenizer = args.tokenizer or default_tokenizer(args.source)
+    if args.vocab_size is not None and tokenizer != "bpe":
+        raise PicolmError(f"applies to --tokenizer bpe only (this is {tokenizer}, whose vocabulary is its own)",
+                          field="--vocab-size")
     options = PrepareOptions(source=args.source, out=args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                             limit=args.limit, subset_ratio=args.subset_ratio, split_ratios=ratios,
+                             limit=args.limit, subset_ratio=args.subset_ratio, split_ratios=args.split_ratios,
                              use_source_splits=not args.ignore_source_splits, seed=args.seed,
                              num_sequences=args.num_sequences, min_length=args.min_length,
                              max_length=args.max_length, max_value=args.max_value, hub_dir=args.hub_dir,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from picolm.cli.common import Formatter, settings_help
+from picolm.cli.common import Formatter, output_folder, settings_help
 from picolm.errors import PicolmError
 
 
@@ -20,7 +20,7 @@ def register(verbs) -> None:
                          epilog=settings_help)
     p.add_argument("recipe", nargs="?", help="YAML recipe (sections model, data, train, objective, log)")
     p.add_argument("--data", help="data directory from `picolm prepare` (same as --data.path)")
-    p.add_argument("--out", help="run directory (default runs/<data>-<time>)")
+    p.add_argument("--out", type=output_folder, help="run directory (default runs/<data>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--init-from", metavar="RUN_DIR", help="start from this picolm run or checkpoint, or a GPT-2 in "
                                                            "Hugging Face form (a hub name such as gpt2, or a folder "
