@@ -1,23 +1,32 @@
 """Chat: the terminal loop and its transcripts, and the web page with its streamed replies (in headless
 Chromium where the machine has it; CI installs it and sets PICOLM_REQUIRE_BROWSER=1)."""
 
+import html
+import http.client
+import itertools
 import json
 import os
 import re
+import shutil
 import socket
 import threading
+import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from picolm.chat import web
+from picolm.chat.limits import ServeLimits
+from picolm.chat.scheduler import Scheduler
 from picolm.chat.session import ChatSession, fine_tuned
 from picolm.chat.terminal import chat_loop
-from picolm.chat.web import make_server
+from picolm.chat.web import host_allowed, make_server
 from picolm.cli import main
-from picolm.errors import PicolmError
 from picolm.config import SamplingOptions
+from picolm.errors import PicolmError
 from picolm.loading import load_model
 
 OPTIONS = SamplingOptions(max_new_tokens=12, temperature=0.0)
@@ -83,13 +92,72 @@ def test_the_chat_command_runs_in_the_terminal(trained_run, tmp_path, monkeypatc
 
 
 @pytest.fixture
-def server(session):
-    server = make_server(session, port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def start():
+    """start(session, **limits): a real server on a free loopback port, shut down after the test."""
+    servers = []
+
+    def start(session, **limits):
+        server = make_server(session, port=0, limits=ServeLimits(**limits))
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def address(server) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def server(session, start):
+    return address(start(session))
+
+
+@pytest.fixture
+def endless(session):
+    """The stirred session with no EOS in its vocabulary: every reply runs to its max_new_tokens."""
+    session.loaded.tokenizer.eos_id = None
+    return session
+
+
+def get(server, path: str, host: str | None = None) -> tuple[int, dict, str]:
+    """(status, headers, body) of a GET sent with this Host header (none at all when host is "")."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        if host != "":
+            connection.putheader("Host", host or f"127.0.0.1:{server.server_address[1]}")
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode()
+    finally:
+        connection.close()
+
+
+def stalled_client(server, query: str) -> socket.socket:
+    """A client that asks for a reply and never reads it, its receive buffer as small as the kernel allows."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+    client.connect(("127.0.0.1", server.server_address[1]))
+    client.sendall(f"GET /reply?{query} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    return client
+
+
+def stalled(server) -> bool:
+    """Whether the one reply in progress has stopped getting turns: its client has not taken its last events."""
+    replies = list(server.scheduler.replies)
+    return len(replies) == 1 and replies[0].outbox.full() and not replies[0].gone
+
+
+def wait_for(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {condition.__name__}"
+        time.sleep(0.02)
 
 
 def events(url: str) -> list[tuple[str, dict]]:
@@ -110,7 +178,37 @@ def test_the_page_shows_the_generation_settings(server):
     page = urllib.request.urlopen(server + "/", timeout=30).read().decode()
     for name in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty"):
         assert f'id="{name}"' in page
-    assert 'value="12"' in page
+    assert 'value="12"' in page and 'max="1000"' in page
+
+
+def test_the_page_escapes_every_value_it_shows(trained_run, tmp_path, start):
+    run = tmp_path / "run \"'<script>alert(1)</script>"
+    shutil.copytree(trained_run, run)
+    server = start(ChatSession(load_model(run), OPTIONS, chats_dir=tmp_path / "chats"))
+    status, headers, page = get(server, "/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "<script>alert" not in page and "run \"'" not in page
+    assert html.escape(str(run)) in page and "run &quot;&#x27;&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_the_host_header_must_name_this_server(session, start):
+    server = start(session)
+    port = server.server_address[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LocalHost", "localhost."):
+        assert get(server, "/", host)[0] == 200, host
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}", "[::2]", "", "[::1"):
+        status, _, body = get(server, "/", host)
+        assert status == 403 and "is not this server" in body, host
+    status, _, body = get(server, "/reply?message=3+4+5", f"evil.example:{port}")  # a rebound page asks for a reply
+    assert status == 403 and "event:" not in body
+    assert session.turns == 0 and not server.scheduler.replies
+
+
+def test_other_hosts_are_allowed_as_the_host_option_says():
+    assert host_allowed("picolm.lan:8000", "picolm.lan") and not host_allowed("evil.example", "picolm.lan")
+    assert host_allowed("192.168.1.5:8000", "0.0.0.0") and host_allowed("[fe80::1]:8000", "::")
+    assert host_allowed(socket.gethostname(), "0.0.0.0") and not host_allowed("evil.example:8000", "0.0.0.0")
+    assert not host_allowed("192.168.1.5:8000", "127.0.0.1") and not host_allowed(None, "127.0.0.1")
 
 
 def test_replies_stream_as_server_sent_events(server, session):
@@ -126,6 +224,193 @@ def test_bad_settings_come_back_as_an_error_event(server):
     stream = events(server + "/reply?message=3&max_new_tokens=0")
     assert stream == [("failed", {"error": "--max-new-tokens: must be at least 1 (got 0)"})]
     assert events(server + "/reply?message=3&temperature=warm")[0][0] == "failed"
+
+
+def test_a_request_for_more_than_the_cap_is_refused(session, start):
+    server = start(session, max_new_tokens_cap=20)
+    assert events(address(server) + "/reply?message=3&max_new_tokens=1000000") == [
+        ("failed", {"error": "--max-new-tokens: at most 20 on this server (--max-new-tokens-cap; got 1000000)"})]
+    assert events(address(server) + "/reply?message=3&max_new_tokens=20")[-1] == ("done", {})
+    with pytest.raises(PicolmError, match=r"--max-new-tokens: at most 5 on this server"):
+        make_server(session, port=0, limits=ServeLimits(max_new_tokens_cap=5))  # the page's own default (12)
+
+
+def numbered(name: str, count: int | None, log: list[str]):
+    """A reply of `count` pieces (None: endless), each turn it takes logged; "closed" once it is stopped early."""
+    try:
+        for i in range(count) if count is not None else itertools.count():
+            log.append(name)
+            yield f"{name}{i}"
+    except GeneratorExit:
+        log.append(f"{name} closed")
+        raise
+
+
+def test_the_scheduler_gives_each_reply_a_turn_in_round_robin():
+    log, scheduler = [], Scheduler(limit=3)
+    try:
+        with scheduler.changed:  # all three are in before the first turn
+            replies = [scheduler.submit(numbered(name, 3, log)) for name in "abc"]
+            assert scheduler.submit(numbered("d", 3, log)) is None  # over the limit
+        texts = [[data.get("text") for _, data in reply.events()] for reply in replies]
+    finally:
+        scheduler.close()
+    assert log == list("cbacbacba")  # the newest first, then in turn
+    assert texts == [["a0", "a1", "a2", None], ["b0", "b1", "b2", None], ["c0", "c1", "c2", None]]
+
+
+def test_a_reply_whose_client_does_not_take_its_pieces_gets_no_turns():
+    log, scheduler = [], Scheduler(limit=2, backlog=2)
+    try:
+        stalled = scheduler.submit(numbered("stalled", None, log))
+        wait_for(lambda: stalled.outbox.full())
+        events = list(scheduler.submit(numbered("read", 5, log)).events())
+        assert [name for name, _ in events] == ["message"] * 5 + ["done"]
+        assert log.count("stalled") == 2  # as many as its outbox holds, however long the other took
+        stalled.leave()
+        wait_for(lambda: "stalled closed" in log)
+    finally:
+        scheduler.close()
+    assert not scheduler.replies
+
+
+def test_replies_take_turns_on_the_model(endless, start):
+    server = start(endless, max_new_tokens_cap=5000)
+    finished = {}
+
+    def long_reply():
+        events(address(server) + "/reply?message=3+4+5&max_new_tokens=1000&temperature=1")
+        finished["long"] = time.monotonic()
+
+    reader = threading.Thread(target=long_reply)
+    reader.start()
+    wait_for(lambda: server.scheduler.replies)
+    stream = events(address(server) + "/reply?message=10+20&max_new_tokens=8&temperature=0")
+    finished["short"] = time.monotonic()
+    reader.join()
+    assert stream[-1] == ("done", {}) and len(stream) == 9
+    assert finished["short"] < finished["long"]  # first in, first out would have made it wait for all 1000
+
+
+def test_a_client_that_stops_reading_is_dropped_and_blocks_no_one(endless, start):
+    server = start(endless, max_new_tokens_cap=100_000, client_timeout=1)
+    client = stalled_client(server, "message=3+4+5&max_new_tokens=100000&temperature=1")
+    try:
+        wait_for(lambda: stalled(server))
+        stream = events(address(server) + "/reply?message=10+20&max_new_tokens=8&temperature=0")
+        assert stream[-1] == ("done", {}) and len(stream) == 9
+        assert len(server.scheduler.replies) == 1  # still there: served alongside, not after it
+        wait_for(lambda: not server.scheduler.replies, seconds=10)  # dropped after --client-timeout
+        client.settimeout(30)
+        received = b""
+        while piece := client.recv(65536):
+            received += piece
+    finally:
+        client.close()
+    assert received.startswith(b"HTTP/1.0 200 OK") and b"data: " in received
+    assert b"event: done" not in received and received.count(b"data: ") < 10_000  # not written beyond its buffers
+
+
+def test_a_full_queue_is_refused_with_503(endless, start):
+    server = start(endless, max_new_tokens_cap=100_000, queue=1, connections=3, client_timeout=2)
+    client = stalled_client(server, "message=3&max_new_tokens=100000")
+    try:
+        wait_for(lambda: server.scheduler.replies)
+        status, headers, body = get(server, "/reply?message=3+4+5")
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert body == "busy: the reply queue (--queue 1) is full; try again shortly"
+        assert get(server, "/")[0] == 200  # the page is still served: --connections exceeds --queue
+    finally:
+        client.close()
+    wait_for(lambda: not server.scheduler.replies)
+    assert events(address(server) + "/reply?message=3+4+5")[-1] == ("done", {})
+
+
+def test_idle_connections_are_dropped_and_bounded(session, start):
+    server = start(session, queue=1, connections=2, client_timeout=1)
+    idle = [socket.create_connection(("127.0.0.1", server.server_address[1])) for _ in range(2)]
+    began = time.monotonic()
+    try:
+        status, _, page = get(server, "/")  # waits to be accepted until an idle client is dropped
+        waited = time.monotonic() - began
+        for client in idle:
+            client.settimeout(30)
+            assert client.recv(1024) == b""  # closed by the server, never answered
+    finally:
+        for client in idle:
+            client.close()
+    assert status == 200 and "picolm chat" in page and waited > 0.5
+
+
+def test_a_request_sent_a_byte_at_a_time_is_dropped_after_the_timeout(session, start):
+    server = start(session, client_timeout=1)
+    began = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.server_address[1])) as client:
+        try:
+            for byte in b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"x" * 100:
+                client.sendall(bytes([byte]))
+                time.sleep(0.05)
+            pytest.fail("the server kept reading")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        client.settimeout(30)
+        try:
+            assert client.recv(1024) == b""
+        except ConnectionResetError:
+            pass
+    assert 0.9 < time.monotonic() - began < 5
+
+
+def test_a_sampling_failure_ends_the_stream_with_a_failed_event(server, session, monkeypatch, capfd):
+    real, first = session.generator.sampler.steps, expected_reply(session, "3 4 5", replace(OPTIONS, max_new_tokens=4))
+
+    def breaking_after(n):
+        def steps(*args, **kwargs):
+            tokens = real(*args, **kwargs)
+            for _ in range(n):
+                yield next(tokens)
+            raise RuntimeError("the sampler broke")
+        return steps
+
+    failed = ("failed", {"error": "the reply failed (RuntimeError: the sampler broke)"})
+    monkeypatch.setattr(session.generator.sampler, "steps", breaking_after(0))
+    assert events(server + "/reply?message=3+4+5&temperature=0") == [failed]
+    monkeypatch.setattr(session.generator.sampler, "steps", breaking_after(4))
+    stream = events(server + "/reply?message=3+4+5&temperature=0")
+    assert stream[-1] == failed and [name for name, _ in stream[:-1]] == ["message"] * (len(stream) - 1)
+    assert "".join(data["text"] for _, data in stream[:-1]) == first
+    assert "RuntimeError: the sampler broke" in capfd.readouterr().err  # the traceback, for whoever runs it
+    monkeypatch.undo()
+    assert events(server + "/reply?message=3+4+5&temperature=0")[-1] == ("done", {})  # the server goes on
+    assert session.turns == 1
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--max-new-tokens-cap", "0"], "--max-new-tokens-cap: must be at least 1 (got 0)"),
+    (["--queue", "-2"], "--queue: must be at least 1 (got -2)"),
+    (["--client-timeout", "nan"], "--client-timeout: must be a positive number of seconds (got nan)"),
+    (["--client-timeout", "inf"], "--client-timeout: must be a positive number of seconds (got inf)"),
+    (["--client-timeout", "0"], "--client-timeout: must be a positive number of seconds (got 0.0)"),
+    (["--connections", "16"], "--connections: must exceed --queue (16) (got 16)"),
+    (["--max-new-tokens-cap", "100"], "--max-new-tokens: at most 100 on this server (--max-new-tokens-cap; got 200)"),
+])
+def test_bad_server_options_are_refused_before_the_model_loads(option, message, tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "no-such-run"), *option]) == 2
+    assert capsys.readouterr().err == f"picolm serve: error: {message}\n"
+
+
+def test_the_serve_command_passes_its_limits_to_the_server(trained_run, tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def serve_forever(self, poll_interval=0.5):
+        seen["limits"] = self.limits
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(web.Server, "serve_forever", serve_forever)
+    assert main(["serve", str(trained_run), "--port", "0", "--chats-dir", str(tmp_path), "--max-new-tokens", "10",
+                 "--max-new-tokens-cap", "50", "--queue", "3", "--connections", "5", "--client-timeout", "2.5"]) == 130
+    assert seen["limits"] == ServeLimits(max_new_tokens_cap=50, queue=3, client_timeout=2.5, connections=5)
+    assert "on http://127.0.0.1:" in capsys.readouterr().out
 
 
 def test_a_port_in_use_is_a_clear_error(session):

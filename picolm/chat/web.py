@@ -1,23 +1,42 @@
 """`picolm serve`: one local web page to chat with a model, the reply streamed token by token.
 
-The standard library's ThreadingHTTPServer serves the page (`/`) and the replies (`/reply?message=...&
-temperature=...`) as server-sent events: `data: {"text": piece}` per piece, then `event: done`. One reply is
-generated at a time.
+The standard library's HTTP server serves the page (`/`) and the replies (`/reply?message=...&temperature=...`) as
+server-sent events: `data: {"text": piece}` per piece, then `event: done`, or `event: failed` with `{"error": why}`
+(bad settings, more new tokens than `--max-new-tokens-cap`, a sampling failure). One thread runs the model; the
+replies in progress (at most `--queue`; one more gets HTTP 503) take turns on it a token at a time
+(picolm/chat/scheduler.py). At most `--connections` clients are served at once, each dropped when it has not sent its
+whole request, or taken the next part of its reply, within `--client-timeout` seconds. A request whose Host header is
+not this server's (DNS rebinding) gets HTTP 403.
 """
 
 from __future__ import annotations
 
 import errno
+import html
+import io
+import ipaddress
 import json
+import re
+import socket
+import sys
 import threading
+import time
+from collections.abc import Iterable
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+from picolm.chat.limits import ServeLimits
+from picolm.chat.scheduler import Event, Scheduler
 from picolm.chat.session import ChatSession
+from picolm.config import SamplingOptions
 from picolm.errors import PicolmError
 
 SETTINGS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "repetition_penalty": float}
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+EVERY_INTERFACE = ("", "0.0.0.0", "::")
+SEND_BUFFER = 16 * 1024  # bytes the kernel holds for a client that stops reading, before its writes wait
+
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>picolm chat</title>
@@ -32,7 +51,8 @@ input[type=number] { width: 5rem; }
 <h1>picolm chat</h1>
 <p>__MODEL__</p>
 <fieldset><legend>generation settings</legend>
-<label>max new tokens <input type="number" id="max_new_tokens" min="1" value="__max_new_tokens__"></label>
+<label>max new tokens <input type="number" id="max_new_tokens" min="1" max="__max_new_tokens_cap__"
+  value="__max_new_tokens__"></label>
 <label>temperature <input type="number" id="temperature" min="0" step="0.1" value="__temperature__"></label>
 <label>top-k <input type="number" id="top_k" min="1" value="__top_k__"></label>
 <label>top-p <input type="number" id="top_p" min="0" max="1" step="0.05" value="__top_p__"></label>
@@ -63,21 +83,23 @@ form.addEventListener("submit", (event) => {
   source.onmessage = (e) => { reply.textContent += JSON.parse(e.data).text; };
   source.addEventListener("done", finish);
   source.addEventListener("failed", (e) => { reply.textContent += "[" + JSON.parse(e.data).error + "]"; finish(); });
-  source.onerror = finish;
+  source.onerror = () => { reply.textContent += "[no reply: the server is busy or gone]"; finish(); };
 });
 </script></body></html>
 """
 
 
-def render_page(session: ChatSession) -> str:
-    page = PAGE.replace("__MODEL__", f"{session.loaded.path} ({session.template} template)")
-    for name in SETTINGS:
-        value = getattr(session.options, name)
-        page = page.replace(f"__{name}__", "" if value is None else str(value))
-    return page
 
 
-def request_options(session: ChatSession, query: dict[str, list[str]]):
+def render_page(session: ChatSession, limits: ServeLimits) -> str:
+    """The page with the model's name and the settings filled in, every value HTML-escaped."""
+    values = {"MODEL": f"{session.loaded.path} ({session.template} template)",
+              "max_new_tokens_cap": limits.max_new_tokens_cap,
+              **{name: getattr(session.options, name) for name in SETTINGS}}
+    return re.sub(r"__(\w+)__", lambda m: html.escape("" if values[m[1]] is None else str(values[m[1]])), PAGE)
+
+
+def request_options(session: ChatSession, query: dict[str, list[str]], limits: ServeLimits) -> SamplingOptions:
     """The session's settings with the page's values on top."""
     changes = {}
     for name, kind in SETTINGS.items():
@@ -88,59 +110,166 @@ def request_options(session: ChatSession, query: dict[str, list[str]]):
                 raise PicolmError(f"not a number: {query[name][0]!r}", field=name) from None
     options = replace(session.options, **changes)
     session.generator.check(options)
+    limits.check(options)
     return options
 
 
-def make_handler(session: ChatSession):
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format, *args):  # quiet: the terminal shows the address only
-            pass
-
-        def do_GET(self):
-            url = urlparse(self.path)
-            if url.path == "/":
-                body = render_page(session).encode("utf-8")
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            elif url.path == "/reply":
-                self._reply(parse_qs(url.query))
-            else:
-                self.send_error(404)
-
-        def _event(self, data: dict, event: str | None = None) -> None:
-            self.wfile.write(((f"event: {event}\n" if event else "") + f"data: {json.dumps(data)}\n\n").encode())
-            self.wfile.flush()
-
-        def _reply(self, query):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
-            try:
-                options = request_options(session, query)
-                with lock:
-                    for piece in session.reply(query.get("message", [""])[0], options):
-                        self._event({"text": piece})
-                self._event({}, "done")
-            except PicolmError as exc:
-                self._event({"error": str(exc)}, "failed")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-    return Handler
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: `[::1]:8000` -> `::1`, `LocalHost.:80` -> `localhost`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else ""
+    return (header.rsplit(":", 1)[0] if header.count(":") == 1 else header).rstrip(".")
 
 
-def make_server(session: ChatSession, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+def is_address(name: str) -> bool:
     try:
-        server = ThreadingHTTPServer((host, port), make_handler(session))
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def host_allowed(header: str | None, host: str) -> bool:
+    """Whether a Host header names this server: a loopback name or the --host it listens on, and when it listens on
+    every interface, this machine's name or any IP address. A page that DNS-rebinds a name of its own to this
+    address (to read replies from a browser) sends that name, and is refused."""
+    name = host_name(header or "")
+    if not name:
+        return False
+    if name in LOOPBACK or name == host.strip("[]").lower().rstrip("."):
+        return True
+    return host in EVERY_INTERFACE and (name == socket.gethostname().lower() or is_address(name))
+
+
+class Deadline(io.RawIOBase):
+    """A connection's bytes in, each read waiting only for what is left of `seconds` from now: a client that
+    trickles its request a byte at a time is dropped as surely as one that sends nothing."""
+
+    def __init__(self, connection: socket.socket, seconds: float):
+        self.connection, self.end = connection, time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took longer than --client-timeout")
+        self.connection.settimeout(left)
+        return self.connection.recv_into(buffer)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """The page (`/`) and the replies (`/reply`) of `server.session`; anything else is 404."""
+
+    server: Server
+
+    def setup(self):
+        self.timeout = self.server.limits.client_timeout  # the whole request, then every write
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        super().setup()
+        self.rfile = io.BufferedReader(Deadline(self.connection, self.timeout))
+
+    def log_message(self, format, *args):  # quiet: the terminal shows the address only
+        pass
+
+    def do_GET(self):
+        self.connection.settimeout(self.timeout)
+        if not host_allowed(self.headers.get("Host"), self.server.host):
+            self._plain(403, f"Host {self.headers.get('Host', '')!r} is not this server: open it as localhost, "
+                             "127.0.0.1 or [::1], or as the --host it listens on")
+            return
+        url = urlparse(self.path)
+        if url.path == "/":
+            self._plain(200, render_page(self.server.session, self.server.limits), "text/html")
+        elif url.path == "/reply":
+            self._reply(parse_qs(url.query))
+        else:
+            self._plain(404, "not found")
+
+    def _plain(self, status: int, text: str, kind: str = "text/plain") -> None:
+        body = text.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", f"{kind}; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        if status == 503:
+            self.send_header("Retry-After", "1")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _events(self, events: Iterable[Event]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        for name, data in events:
+            self.wfile.write(((f"event: {name}\n" if name != "message" else "") + f"data: {json.dumps(data)}\n\n")
+                             .encode())
+
+    def _reply(self, query: dict[str, list[str]]) -> None:
+        session, limits = self.server.session, self.server.limits
+        try:
+            options = request_options(session, query, limits)
+        except PicolmError as exc:
+            self._events([("failed", {"error": str(exc)})])
+            return
+        reply = self.server.scheduler.submit(session.reply(query.get("message", [""])[0], options))
+        if reply is None:
+            self._plain(503, f"busy: the reply queue (--queue {limits.queue}) is full; try again shortly")
+            return
+        try:
+            self._events(reply.events())
+        finally:  # done, or the client left or stopped reading (a write past --client-timeout raises)
+            reply.leave()
+
+
+class Server(ThreadingHTTPServer):
+    """A ThreadingHTTPServer serving at most `limits.connections` clients at once (the next wait in the listen
+    backlog), one model thread for the replies, and quiet about clients that leave."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, session: ChatSession, host: str, port: int, limits: ServeLimits):
+        self.session, self.host, self.limits = session, host, limits
+        self.slots = threading.BoundedSemaphore(limits.connections)
+        self.scheduler = Scheduler(limits.queue)  # stopped by server_close, also when listening fails
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), Handler)
+
+    def process_request(self, request, client_address):
+        self.slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+    def server_close(self):
+        super().server_close()
+        self.scheduler.close()
+
+
+def make_server(session: ChatSession, host: str = "127.0.0.1", port: int = 8000,
+                limits: ServeLimits | None = None) -> Server:
+    limits = limits or ServeLimits()
+    limits.check(session.options)
+    if not 0 <= port <= 65535:
+        raise PicolmError(f"must be 0 to 65535 (got {port})", field="--port")
+    try:
+        return Server(session, host, port, limits)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise PicolmError(f"port {port} is in use; choose another with --port", field="--port") from None
         raise PicolmError(f"cannot listen on {host}:{port} ({exc.strerror})", field="--port") from None
-    server.daemon_threads = True
-    return server

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from picolm.cli.common import Formatter, add_sampling_options, device, sampling_options
 
 
@@ -21,9 +23,30 @@ def register(verbs) -> None:
         p.add_argument("--chats-dir", default="chats", help="where sessions are saved")
         p.add_argument("--device", default="auto")
         if verb == "serve":
-            p.add_argument("--host", default="127.0.0.1")
-            p.add_argument("--port", type=int, default=8000)
+            add_serve_options(p)
         p.set_defaults(run=run)
+
+
+def add_serve_options(p) -> None:
+    """--host, --port and every ServeLimits field as an option; help and defaults from the dataclass."""
+    from picolm.chat.limits import ServeLimits
+    from picolm.config import flag
+
+    group = p.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; a request's Host header must name it or loopback (and with 0.0.0.0 "
+                            "or ::, may name this machine or any IP address)")
+    group.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
+    for f in dataclasses.fields(ServeLimits):
+        kind = {"int": int, "float": float}[f.type]
+        group.add_argument(flag(f.name), type=kind, default=f.default, metavar="N" if kind is int else "SECONDS",
+                           help=f.metadata["help"])
+
+
+def serve_limits(args):
+    from picolm.chat.limits import ServeLimits
+
+    return ServeLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeLimits)})
 
 
 def session(args):
@@ -45,9 +68,12 @@ def chat(args) -> int:
 def serve(args) -> int:
     from picolm.chat.web import make_server
 
+    limits = serve_limits(args)  # refused before the model loads
+    limits.check(sampling_options(args))
     chat_session = session(args)
-    server = make_server(chat_session, args.host, args.port)
-    print(f"chatting with {chat_session.loaded.path} on http://{args.host}:{server.server_address[1]}/ (Ctrl-C stops)")
+    server = make_server(chat_session, args.host, args.port, limits)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"chatting with {chat_session.loaded.path} on http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
     try:
         server.serve_forever()
     finally:
