@@ -386,17 +386,28 @@ def test_a_sampling_failure_ends_the_stream_with_a_failed_event(server, session,
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--max-new-tokens-cap", "0"], "--max-new-tokens-cap: must be at least 1 (got 0)"),
-    (["--queue", "-2"], "--queue: must be at least 1 (got -2)"),
-    (["--client-timeout", "nan"], "--client-timeout: must be a positive number of seconds (got nan)"),
-    (["--client-timeout", "inf"], "--client-timeout: must be a positive number of seconds (got inf)"),
-    (["--client-timeout", "0"], "--client-timeout: must be a positive number of seconds (got 0.0)"),
+    (["--max-new-tokens-cap", "0"], "argument --max-new-tokens-cap: must be at least 1, got 0"),
+    (["--queue", "-2"], "argument --queue: must be at least 1, got -2"),
+    (["--queue", "nan"], "argument --queue: expected a whole number, got 'nan'"),
+    (["--client-timeout", "nan"], "argument --client-timeout: must be in (0, 86400], got nan"),
+    (["--client-timeout", "inf"], "argument --client-timeout: must be in (0, 86400], got inf"),
+    (["--client-timeout", "0"], "argument --client-timeout: must be in (0, 86400], got 0"),
     (["--connections", "16"], "--connections: must exceed --queue (16) (got 16)"),
     (["--max-new-tokens-cap", "100"], "--max-new-tokens: at most 100 on this server (--max-new-tokens-cap; got 200)"),
+    (["--port", "70000"], "argument --port: must be at most 65535, got 70000"),
 ])
 def test_bad_server_options_are_refused_before_the_model_loads(option, message, tmp_path, capsys):
     assert main(["serve", str(tmp_path / "no-such-run"), *option]) == 2
     assert capsys.readouterr().err == f"picolm serve: error: {message}\n"
+
+
+def test_limits_made_in_code_are_checked_as_on_the_command_line():
+    for limits, message in (({"queue": 0}, "--queue: must be at least 1 (got 0)"),
+                            ({"client_timeout": float("nan")}, "--client-timeout: must be in (0, 86400] (got nan)"),
+                            ({"queue": 40}, "--connections: must exceed --queue (40) (got 32)")):
+        with pytest.raises(PicolmError) as refused:
+            ServeLimits(**limits)
+        assert str(refused.value) == message
 
 
 def test_the_serve_command_passes_its_limits_to_the_server(trained_run, tmp_path, monkeypatch, capsys):
@@ -407,10 +418,13 @@ def test_the_serve_command_passes_its_limits_to_the_server(trained_run, tmp_path
         raise KeyboardInterrupt
 
     monkeypatch.setattr(web.Server, "serve_forever", serve_forever)
-    assert main(["serve", str(trained_run), "--port", "0", "--chats-dir", str(tmp_path), "--max-new-tokens", "10",
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert main(["serve", str(trained_run), "--port", str(port), "--chats-dir", str(tmp_path), "--max-new-tokens", "10",
                  "--max-new-tokens-cap", "50", "--queue", "3", "--connections", "5", "--client-timeout", "2.5"]) == 130
     assert seen["limits"] == ServeLimits(max_new_tokens_cap=50, queue=3, client_timeout=2.5, connections=5)
-    assert "on http://127.0.0.1:" in capsys.readouterr().out
+    assert f"on http://127.0.0.1:{port}/" in capsys.readouterr().out
 
 
 def test_a_port_in_use_is_a_clear_error(session):

@@ -1,17 +1,21 @@
 """What one client may take from `picolm serve` (its `--max-new-tokens-cap`, `--queue`, `--client-timeout`,
-`--connections`), with their help; light to import, so `picolm --help` does not wait for torch."""
+`--connections`), with their help and ranges; light to import, so `picolm --help` does not wait for torch."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from picolm.config import SamplingOptions, flag
+from picolm.config import (
+    MAX_NEW_TOKENS,
+    SamplingOptions,
+    flag,
+    range_checks,
+    real,
+    refuse_failed,
+    setting,
+    whole,
+)
 from picolm.errors import PicolmError
-
-
-def setting(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -19,25 +23,20 @@ class ServeLimits:
     """What one client may take from the server; checked when made."""
 
     max_new_tokens_cap: int = setting(1000, "the most new tokens one request may ask for; a request for more is "
-                                            "refused (its reply is a `failed` event)")
+                                            "refused (its reply is a `failed` event)", within=whole(1, MAX_NEW_TOKENS))
     queue: int = setting(16, "replies in progress at once, taking turns on the model a token at a time; one more "
-                             "is refused with HTTP 503")
+                             "is refused with HTTP 503", within=whole(1, 1000))
     client_timeout: float = setting(10.0, "seconds a client may take to send its whole request, or to take the next "
-                                          "part of its reply, before it is dropped")
+                                          "part of its reply, before it is dropped",
+                                    within=real(0, 86400, above=True, tiny=0.001))
     connections: int = setting(32, "clients served at once (pages, replies, idle connections); more wait to be "
-                                   "accepted. Must exceed --queue, so a client beyond the queue hears it is full")
+                                   "accepted. Must exceed --queue, so a client beyond the queue hears it is full",
+                               within=whole(2, 4096))
 
     def __post_init__(self):
-        checks = [
-            (self.max_new_tokens_cap >= 1, "max_new_tokens_cap", "must be at least 1"),
-            (self.queue >= 1, "queue", "must be at least 1"),
-            (math.isfinite(self.client_timeout) and self.client_timeout > 0, "client_timeout",
-             "must be a positive number of seconds"),
-            (self.connections > self.queue, "connections", f"must exceed --queue ({self.queue})"),
-        ]
-        for ok, name, why in checks:
-            if not ok:
-                raise PicolmError(f"{why} (got {getattr(self, name)!r})", field=flag(name))
+        checks = range_checks(self) + [(self.connections > self.queue, "connections",
+                                        f"must exceed --queue ({self.queue}) (got {self.connections})")]
+        refuse_failed([(ok, flag(name), why) for ok, name, why in checks])
 
     def check(self, options: SamplingOptions) -> None:
         """Refuse more new tokens than the cap."""

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from picolm.cli.common import Formatter, add_sampling_options, device, sampling_options
+from picolm.cli.common import (
+    Formatter,
+    Number,
+    add_sampling_options,
+    count,
+    device,
+    output_folder,
+    sampling_options,
+)
 
 
 def register(verbs) -> None:
@@ -20,7 +28,7 @@ def register(verbs) -> None:
         add_sampling_options(p, max_new_tokens=200)
         p.add_argument("--template", default="auto", choices=["auto", "instruction", "none"],
                        help="auto: instruction for SFT/DPO runs, none (plain continuation) otherwise")
-        p.add_argument("--chats-dir", default="chats", help="where sessions are saved")
+        p.add_argument("--chats-dir", type=output_folder, default="chats", help="where sessions are saved")
         p.add_argument("--device", default="auto")
         if verb == "serve":
             add_serve_options(p)
@@ -28,7 +36,7 @@ def register(verbs) -> None:
 
 
 def add_serve_options(p) -> None:
-    """--host, --port and every ServeLimits field as an option; help and defaults from the dataclass."""
+    """--host, --port and every ServeLimits field as an option; help, default and range from the dataclass."""
     from picolm.chat.limits import ServeLimits
     from picolm.config import flag
 
@@ -36,11 +44,10 @@ def add_serve_options(p) -> None:
     group.add_argument("--host", default="127.0.0.1",
                        help="address to listen on; a request's Host header must name it or loopback (and with 0.0.0.0 "
                             "or ::, may name this machine or any IP address)")
-    group.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
+    group.add_argument("--port", type=count(1, 65535), default=8000, help="port to listen on")
     for f in dataclasses.fields(ServeLimits):
-        kind = {"int": int, "float": float}[f.type]
-        group.add_argument(flag(f.name), type=kind, default=f.default, metavar="N" if kind is int else "SECONDS",
-                           help=f.metadata["help"])
+        group.add_argument(flag(f.name), type=Number(f.metadata["range"]), default=f.default,
+                           metavar="N" if f.type == "int" else "SECONDS", help=f.metadata["help"])
 
 
 def serve_limits(args):
