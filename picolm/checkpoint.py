@@ -80,6 +80,9 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # a corrupt or foreign pickle raises many types
+        if type(exc).__name__ == "UnpicklingError" and "GLOBAL" in str(exc):  # names a class or function to call
+            raise PicolmError("refused: the file holds Python objects other than tensors; picolm loads only weights "
+                              "(weights_only=True) and never runs code from a checkpoint", path=path) from None
         raise PicolmError(f"not a readable checkpoint ({type(exc).__name__})", path=path) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise PicolmError("not a picolm checkpoint (missing format_version/model_config)", path=path)

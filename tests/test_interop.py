@@ -1,10 +1,14 @@
 """Hugging Face interop: GPT-2 checkpoints (save_pretrained folders) imported as native picolm models, and
-`picolm export` writing runs as folders that `transformers` loads, checked against transformers itself."""
+`picolm export` writing runs as folders that `transformers` loads, checked against transformers itself; folders and
+checkpoints from elsewhere never run their own code."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY
+from picolm.checkpoint import load_checkpoint
 from picolm.cli import main
 from picolm.data.loader import TokenWindows
 from picolm.errors import PicolmError
@@ -361,3 +366,82 @@ def test_help_names_the_export_classes_and_the_norm_option():
                                          text=True, timeout=60).stdout.split())
     assert "--model.norm" in train_help and "layernorm | rmsnorm" in train_help
     assert "GPT-2 in Hugging Face form" in train_help
+
+
+# ---------------------------------------------------------------- files from elsewhere never run code
+
+OWN_CODE = """import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+"""
+
+
+def own_code_file(folder, marker):
+    """Python beside the model that, were it imported, would write `marker`."""
+    (folder / "own_code.py").write_text(OWN_CODE.format(marker=str(marker)), encoding="utf-8")
+
+
+def test_a_folder_naming_code_of_its_own_is_refused_and_its_code_never_runs(exported, numeric_data, tmp_path,
+                                                                            monkeypatch, capsys):
+    """transformers asks on stdin whether to run a folder's own code (`auto_map`), and a `y` piped in runs it: picolm
+    passes trust_remote_code=False, so the model (--hf-model), the config (--init-from) and the tokenizer are refused
+    in one line, whatever stdin would answer."""
+    questions = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": questions.append(prompt) or "y")  # a `y` piped in
+    marker = tmp_path / "code-ran"
+    model = tmp_path / "own-model"
+    model.mkdir()
+    own_code_file(model, marker)
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "picolm-test-own-code",
+        "auto_map": {"AutoConfig": "own_code.OwnConfig", "AutoModelForCausalLM": "own_code.OwnModel"}}))
+    # an exported picolm model (its config type has no tokenizer of its own in transformers) whose tokenizer names
+    # its own class instead of carrying a tokenizer.json
+    tokenizer = tmp_path / "own-tokenizer"
+    shutil.copytree(exported["linear"][1], tokenizer)
+    own_code_file(tokenizer, marker)
+    (tokenizer / "tokenizer.json").rename(tokenizer / "vocab.json")
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "OwnTokenizer", "auto_map": {"AutoTokenizer": ["own_code.OwnTokenizer", None]}}))
+    for option, folder, field in (("--hf-model", model, "train.hf_model"), ("--init-from", model, "train.init_from"),
+                                  ("--hf-model", tokenizer, "train.hf_model")):
+        capsys.readouterr()
+        status = main(["train", "--data", str(numeric_data), "--out", str(tmp_path / "run"), option, str(folder)])
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("picolm train:")]
+        assert not marker.exists() and questions == [], (option, folder)
+        assert status == 2 and len(errors) == 1, (option, folder, errors)
+        assert f"{folder}: {field}: refused: its config names Python code of its own (auto_map)" in errors[0]
+        assert "trust_remote_code=False" in errors[0]
+
+
+class RunsCode:
+    """Unpickled, it runs a shell command: what a checkpoint from elsewhere may hold instead of tensors."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_never_advises_unsafe_loading(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "foreign.pt"
+    torch.save({"format_version": 1, "architecture": "gpt", "model_config": {}, "model_state_dict": {},
+                "payload": RunsCode(marker)}, path)
+    for mmap in (False, True):
+        with pytest.raises(PicolmError) as info:
+            load_checkpoint(path, mmap=mmap)
+        message = str(info.value)
+        assert message.startswith(f"{path}: refused: the file holds Python objects other than tensors")
+        assert "never runs code" in message and "weights_only=False" not in message and "\n" not in message
+    capsys.readouterr()
+    assert main(["generate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused" in err and "weights_only=False" not in err
+    garbage = tmp_path / "garbage.pt"  # unreadable, but names no code: the plain message
+    garbage.write_bytes(b"\x80\x02not a pickle at all" * 4)
+    with pytest.raises(PicolmError, match=r"not a readable checkpoint \(UnpicklingError\)$"):
+        load_checkpoint(garbage)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the trap is real: loading it unsafely runs the command
+    assert marker.exists()

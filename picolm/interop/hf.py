@@ -6,6 +6,11 @@ preference rows pass `positions` (the HF `position_ids`) and a boolean `attn_mas
 to the HF model as a ready 4D mask: transformers uses a 4D mask as it is, boolean under SDPA, additive
 (0 / dtype minimum) under eager attention.
 
+Every load passes `trust_remote_code=False`: a folder or hub repository whose config names Python code of its own
+(`auto_map`) for a model type transformers does not know is refused in one line, and its code never runs (left to
+transformers, it would ask on stdin, and a piped `y` would run it). Exported picolm folders carry an `auto_map` too,
+but load through the classes picolm registers.
+
 `transformers` is imported inside the functions: importing this module does not load it.
 """
 
@@ -34,6 +39,8 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", 
 # what AutoTokenizer can turn into a fast tokenizer when a folder has no tokenizer.json
 VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "vocab.txt",
                     "sentencepiece.bpe.model", "tokenizer.tiktoken")
+OWN_CODE = ("refused: its config names Python code of its own (auto_map), and picolm never runs code from a model "
+            "folder or hub repository (trust_remote_code=False)")
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -203,8 +210,16 @@ def pretrained_source(name_or_dir: str, field: str = FIELD) -> tuple[str, bool]:
     return name_or_dir, False
 
 
+def _refuse_own_code(exc: Exception, source: str, field: str) -> None:
+    """Raise the one-line refusal when transformers could not go on without the folder's own code (it names
+    `trust_remote_code` in that error, and only there)."""
+    if "trust_remote_code" in str(exc):
+        raise PicolmError(OWN_CODE, path=source, field=field) from None
+
+
 def _load_error(exc: Exception, source: str, local: bool, field: str) -> PicolmError:
     """One line for a failed `from_pretrained`: missing files, no network, corrupt weights."""
+    _refuse_own_code(exc, source, field)
     if isinstance(exc, OSError):
         where = "read the model" if local else "load it from the Hugging Face hub (without internet, pass a " \
                                                "folder written by save_pretrained)"
@@ -236,8 +251,9 @@ def load_pretrained_tokenizer(source: str, local: bool, field: str = FIELD) -> H
     try:
         from transformers import AutoTokenizer
 
-        backend = getattr(AutoTokenizer.from_pretrained(source), "backend_tokenizer", None)
+        backend = getattr(AutoTokenizer.from_pretrained(source, trust_remote_code=False), "backend_tokenizer", None)
     except Exception as exc:
+        _refuse_own_code(exc, source, field)
         raise PicolmError(f"could not load the tokenizer ({_first_line(exc)}); save a tokenizer.json beside the "
                           "model", path=source, field=field) from None
     if backend is None or backend.get_vocab_size() < 2:
@@ -261,8 +277,9 @@ def load_hf_model(name_or_dir: str) -> tuple[HFCausalLM, Tokenizer]:
     except ImportError:
         raise PicolmError("starting from a Hugging Face model needs the package transformers", field=FIELD) from None
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=False)
     except ValueError as exc:  # unknown model_type, or a config with no causal-LM class
+        _refuse_own_code(exc, source, FIELD)
         raise PicolmError(f"not a causal language model transformers can build ({_first_line(exc)})", path=source,
                           field=FIELD) from None
     except Exception as exc:
@@ -276,11 +293,14 @@ def load_gpt2(name_or_dir: str, field: str = "train.init_from") -> tuple[GPT, To
     source, local = pretrained_source(str(name_or_dir), field)
     try:
         from transformers import AutoConfig, GPT2LMHeadModel
+
+        import picolm.interop.picolm_transformers  # noqa: F401  (model_type picolm: an export is known, not code)
     except ImportError:
         raise PicolmError("importing GPT-2 needs the package transformers", field=field) from None
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except ValueError as exc:  # no or an unknown model_type
+        _refuse_own_code(exc, source, field)
         raise PicolmError(f"not a model config transformers knows ({_first_line(exc)})", path=source,
                           field=field) from None
     except Exception as exc:
@@ -289,7 +309,8 @@ def load_gpt2(name_or_dir: str, field: str = "train.init_from") -> tuple[GPT, To
         raise PicolmError(f"model_type is {config.model_type!r}: --init-from takes picolm runs and GPT-2 checkpoints; "
                           "start from any other Hugging Face causal LM with --hf-model", path=source, field=field)
     try:
-        hf_model = GPT2LMHeadModel.from_pretrained(source, config=config, dtype=torch.float32)
+        hf_model = GPT2LMHeadModel.from_pretrained(source, config=config, dtype=torch.float32,
+                                                   trust_remote_code=False)
     except Exception as exc:
         raise _load_error(exc, source, local, field) from None
     try:
@@ -318,7 +339,7 @@ def hf_model_from_checkpoint(model_config_dict: dict, state_dict) -> HFCausalLM:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         config = AutoConfig.for_model(model_type, **hf_config)
-        hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     except ValueError as exc:
         raise PicolmError(f"cannot rebuild the Hugging Face model ({_first_line(exc)})", field="model_config") \
             from None

@@ -8,7 +8,7 @@ that never imported picolm, through two small files that import these classes fr
 `generate` and `Trainer` (`labels` give the usual shifted causal loss, -100 ignored).
 
 Generation decodes incrementally through picolm's own `DecodeCache` (key/value buffers for softmax attention, the
-recurrent state for linear attention), passed from step to step as `past_key_values` (`cache` from transformers 5.25
+recurrent state for linear attention), passed from step to step as `past_key_values` (`cache` from transformers 5.24
 on): the model tells `generate` not to make a transformers `Cache` (`_supports_default_dynamic_cache`), so the
 `DecodeCache` the first forward returns is what later steps receive. A 2D `attention_mask` with left padding becomes
 picolm's per-row positions and boolean attention mask, as `picolm.models.masks` builds them, so batched generation
@@ -36,7 +36,7 @@ from picolm.models.masks import padded_positions, padding_mask
 from picolm.models.position import RotaryPosition
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
-# the output field that carries the cache between generation steps: `cache` from transformers 5.25 on
+# the output field that carries the cache between generation steps: `cache` from transformers 5.24 on
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 # modules written beside the weights (auto class -> module, class) so that `trust_remote_code=True` finds the
 # classes in the installed picolm
@@ -177,7 +177,7 @@ class PicolmForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             self._refuse_unless_left_to_right("a causal language-modelling loss")
         network = self.model
-        cache = cache if cache is not None else past_key_values  # transformers >= 5.25 names it `cache`
+        cache = cache if cache is not None else past_key_values  # transformers >= 5.24 names it `cache`
         if (use_cache or cache is not None) and self.writes_left_to_right:
             cache = cache if cache is not None else network.new_cache(input_ids.shape[0])
         else:
