@@ -5,34 +5,81 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 
-from picolm.errors import PicolmError
+from picolm.errors import PicolmError, first_line
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "architecture", "model_config", "model_state_dict")
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+class _WriteErrors:
+    """A file whose write errors are kept: torch.save reports a failed write (a full disk) as its own RuntimeError
+    about stream positions, and the OSError underneath is what the user needs to read."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def save_checkpoint(state: dict, path: str | Path, weights: str | Path | None = None) -> None:
+    """Write the checkpoint (and, with `weights`, its weights as safetensors) to temporary files in the same folder,
+    then rename: a crash never leaves a torn file, and a failed write (a full or read-only disk) keeps the earlier
+    pair, removes the temporary files and names the path and the cause in one line. The checkpoint is renamed
+    first: a kill between the two renames leaves the safetensors one save behind, never ahead."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        torch.save({"format_version": FORMAT_VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    targets = ([Path(weights)] if weights is not None else []) + [path]
+    recorder, written = None, []
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if weights is not None:
+            written.append(_tmp(targets[0]))
+            _write_weights(state, written[-1])
+        written.append(_tmp(path))
+        with written[-1].open("wb") as f:
+            recorder = _WriteErrors(f)
+            torch.save({"format_version": FORMAT_VERSION, **state}, recorder)
+            f.flush()
+            os.fsync(f.fileno())
+    except Exception as exc:  # OSError, torch's RuntimeError, safetensors' own error type
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+        cause = (recorder and recorder.error) or exc
+        raise PicolmError(f"could not write the checkpoint ({_cause(cause)}); the previous one is kept",
+                          path=targets[len(written) - 1] if written else path) from None
+    for tmp, target in reversed(list(zip(written, targets, strict=True))):
+        os.replace(tmp, target)
 
 
-def save_weights(state: dict, path: str | Path) -> None:
-    """The checkpoint's weights alone as safetensors (readable with no picolm and no pickle), atomically.
+def _cause(exc: BaseException) -> str:
+    """The operating system's reason, also where a library wraps it (safetensors says "... (os error 28)")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    code = re.search(r"os error (\d+)", str(exc))
+    return os.strerror(int(code.group(1))) if code else first_line(exc)
+
+
+def _write_weights(state: dict, path: Path) -> None:
+    """The checkpoint's weights alone as safetensors (readable with no picolm and no pickle).
 
     A tied tensor is stored once; metadata `aliases` maps each other name to it (`load_weights` restores them), and
     `model_config` / `architecture` / `global_step` say what the weights are."""
-    path = Path(path)
     from safetensors.torch import save_file
 
     tensors, aliases, seen = {}, {}, {}
@@ -46,14 +93,13 @@ def save_weights(state: dict, path: str | Path) -> None:
             tensors[name] = tensor.detach().contiguous()
     metadata = {"format": "pt", "architecture": state["architecture"], "model_config": json.dumps(state["model_config"]),
                 "global_step": str(state.get("global_step", 0)), "aliases": json.dumps(aliases)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    save_file(tensors, str(path), metadata=metadata)
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """A `save_weights` file -> (the model's full state dict, its metadata with model_config parsed)."""
+    """A checkpoint's safetensors weights file -> (the model's full state dict, its metadata with model_config parsed)."""
     from safetensors import safe_open
 
     path = Path(path)

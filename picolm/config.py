@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from picolm.errors import PicolmError
+from picolm.files import write_text_atomically
 
 ATTENTION_KINDS = ("softmax", "linear")
 FEATURE_MAP_KINDS = ("elu", "relu")  # linear attention kernels phi(x)
@@ -341,13 +342,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # the settings a recipe or the command line named ("model.dropout", ...; a preset names its fields): a run that
+    # starts from a trained model applies them to it or refuses them, and never drops one silently
+    given: frozenset[str] = field(default=frozenset(), compare=False)
 
     def validate(self) -> None:
         for section in SECTIONS:
             getattr(self, section).validate()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "objective": ObjectiveConfig,
@@ -422,8 +426,9 @@ def apply_overrides(config: Config, overrides: dict[str, object], sources: dict[
             known = ", ".join(f.name for f in dataclasses.fields(cls))
             raise PicolmError(f"unknown field; {section} has: {known}", field=key, **where)
         changes[section][name] = _coerce(value, _type_name(cls, name), key, where)
-    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)
-                                          for section, values in changes.items() if values})
+    given = config.given | {f"{section}.{name}" for section, values in changes.items() for name in values}
+    return dataclasses.replace(config, given=given, **{section: dataclasses.replace(getattr(config, section), **values)
+                                                       for section, values in changes.items() if values})
 
 
 def read_recipe(path: str | Path) -> tuple[dict[str, object], dict[str, dict]]:
@@ -478,7 +483,7 @@ def config_from_dict(data: dict) -> Config:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomically(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def load_config(path: Path) -> Config:

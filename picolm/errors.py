@@ -15,6 +15,13 @@ class PicolmError(Exception):
         self.message, self.path, self.line, self.field = message, path, line, field
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` (a library's error can run to pages), for a one-line error."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return f"{type(exc).__name__}: {line[:limit]}" if line else type(exc).__name__
+
+
 class TrainingStopped(PicolmError):
     """Training cannot go on (a NaN or infinite loss); the last good checkpoint is kept. Exit status 1."""
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from torch import nn
 
 from picolm.checkpoint import find_checkpoint, load_checkpoint
 from picolm.config import ModelConfig
-from picolm.errors import PicolmError
+from picolm.errors import PicolmError, first_line
 from picolm.models.build import NETWORKS, build_model
 from picolm.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -35,15 +35,27 @@ def load_model(target: str | Path, device="cpu") -> LoadedModel:
     state = load_checkpoint(path, mmap=True)
     if state["architecture"] not in (*NETWORKS, "hf"):
         raise PicolmError(f"unknown architecture {state['architecture']!r}", path=path)
-    if state["architecture"] == "hf":
-        from picolm.interop.hf import hf_model_from_checkpoint
+    try:
+        if state["architecture"] == "hf":
+            from picolm.interop.hf import hf_model_from_checkpoint
 
-        model = hf_model_from_checkpoint(state["model_config"], state["model_state_dict"])
-    else:
-        model = build_model(model_config_from_checkpoint(state, path))
-        model.load_state_dict(state["model_state_dict"])
+            model = hf_model_from_checkpoint(state["model_config"], state["model_state_dict"])
+        else:
+            model = build_model(model_config_from_checkpoint(state, path))
+            model.load_state_dict(state["model_state_dict"])
+    except (RuntimeError, ValueError) as exc:  # tensors missing, extra or of another shape than model_config says
+        raise PicolmError(f"its weights do not fit its model_config ({first_line(exc)})", path=path) from None
     model.to(device).eval()
-    return LoadedModel(model, tokenizer_from_dict(state["tokenizer"]), state, path)
+    return LoadedModel(model, checkpoint_tokenizer(state, path), state, path)
+
+
+def checkpoint_tokenizer(state: dict, path) -> Tokenizer:
+    """The tokenizer a checkpoint embeds, or one line saying why there is none to use."""
+    try:
+        return tokenizer_from_dict(state["tokenizer"])
+    except Exception as exc:  # a missing key, a wrong type, or the tokenizers library's own error types
+        raise PicolmError(f"no usable tokenizer in it ({first_line(exc)})", path=path) \
+            from None
 
 
 def load_start(source: str, device="cpu") -> LoadedModel:
@@ -68,3 +80,19 @@ def describe_mismatch(expected: ModelConfig, found: dict) -> str | None:
         if theirs != value:
             return f"model.{name} is {value!r} here but {theirs!r} in the checkpoint"
     return None
+
+
+def with_run_settings(model: nn.Module, config: ModelConfig) -> nn.Module:
+    """A starting model given a fine-tuning run's dropout and shorter context, the two model settings that can change
+    once a model is trained (the run's set-up refuses the others). Learned positions past the context are dropped."""
+    current = model.config
+    if (current.dropout, current.block_size) == (config.dropout, config.block_size):
+        return model
+    if current.arch == "hf":  # its modules hold their own dropout (refused earlier); the context cuts the windows
+        model.config = replace(current, block_size=config.block_size)
+        return model
+    state = {name: tensor[:config.block_size] if name.endswith("position.wpe.weight") else tensor
+             for name, tensor in model.state_dict().items()}
+    rebuilt = build_model(replace(current, dropout=config.dropout, block_size=config.block_size))
+    rebuilt.load_state_dict(state)
+    return rebuilt

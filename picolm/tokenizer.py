@@ -3,12 +3,15 @@ small symbol vocabularies (one token per integer for numeric sequences, one per 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from picolm.errors import PicolmError
+from picolm.files import write_text_atomically
 
 EOS, PAD, MASK = "<|endoftext|>", "<|pad|>", "<|mask|>"
 EOS_NAMES = (EOS, "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")  # how other tokenizers spell it
@@ -39,10 +42,20 @@ class Tokenizer:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "eos_id": self.eos_id, "pad_id": self.pad_id,
                 "mask_id": self.mask_id}
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What the ids mean, hashed: the vocabulary in id order. Data folders, checkpoints and exports carry it (an
+        export's tokenizer.json gives the same), so a model never meets ids made by another tokenizer."""
+        return hashlib.sha256(json.dumps(self.vocabulary()).encode()).hexdigest()[:16]
+
+    def vocabulary(self) -> list[str]:
+        """Every token, in id order."""
+        raise NotImplementedError
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / META_FILE).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+        write_text_atomically(directory / META_FILE, json.dumps(self.to_dict(), indent=1))
 
 
 GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -126,10 +139,14 @@ class HFTokenizer(Tokenizer):
     def to_dict(self) -> dict:
         return {**super().to_dict(), "tokenizer_json": self.tok.to_str()}
 
+    def vocabulary(self) -> list[str]:
+        vocab = self.tok.get_vocab(with_added_tokens=True)
+        return sorted(vocab, key=vocab.__getitem__)
+
     def save(self, directory: str | Path) -> None:
         """`tokenizer.json` beside the metadata, so Hugging Face tools can read it too."""
         super().save(directory)
-        self.tok.save(str(Path(directory) / "tokenizer.json"))
+        write_text_atomically(Path(directory) / "tokenizer.json", self.tok.to_str(pretty=True))
 
 
 class SymbolTokenizer(Tokenizer):
@@ -157,6 +174,9 @@ class SymbolTokenizer(Tokenizer):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "symbols": self.symbols}
+
+    def vocabulary(self) -> list[str]:
+        return self.symbols
 
     def to_tokenizers(self):
         """The same vocabulary as a Hugging Face `tokenizers.Tokenizer` giving `encode`'s ids (with special tokens

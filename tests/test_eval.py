@@ -83,9 +83,10 @@ def test_per_kind_loss_is_the_mean_over_that_kinds_numbers(numeric_data):
     from picolm.data.tokens import load_meta, load_split
     from picolm.methods.next_token import evaluate_tokens
     from picolm.models.gpt import GPT
+    from picolm.tokenizer import load_tokenizer
 
     meta = load_meta(numeric_data)
-    tokens, kinds = load_split(numeric_data, "val")
+    tokens, kinds = load_split(numeric_data, "val", load_tokenizer(numeric_data / "tokenizer"))
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=meta["vocab_size"])).eval()
     result = evaluate_tokens(model, window_batches(tokens, 16, 4, 12, kinds, meta["eos_id"]), meta["kinds"])

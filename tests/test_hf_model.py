@@ -264,3 +264,22 @@ def test_module_imports_transformers_lazily():
     names = [a.name for n in top_level if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in top_level if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n.split(".")[0] == "transformers"]
+
+
+def test_a_shorter_context_applies_to_a_hugging_face_model_and_its_dropout_is_refused(saved, tmp_path, capsys):
+    from picolm.cli import main
+    from picolm.data.pack import prepare
+    from picolm.data.preparation import PrepareOptions
+    from picolm.loading import load_model
+
+    folder = saved["llama"][0]
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(f"{t} number {i}" for i, t in enumerate(TEXTS * 10)))
+    data = tmp_path / "data"
+    prepare(PrepareOptions(source=str(text), out=str(data), tokenizer=f"hf:{folder}"), log=lambda *a: None)
+    base = ["train", "--data", str(data), "--hf-model", str(folder), "--train.max_steps", "1", "--train.batch_size",
+            "2", "--train.eval_batches", "1", "--log.progress", "false"]
+    assert main([*base, "--out", str(tmp_path / "short"), "--model.block_size", "16"]) == 0
+    assert load_model(tmp_path / "short").model.config.block_size == 16  # not the model's 64 positions again
+    assert main([*base, "--out", str(tmp_path / "dropout"), "--model.dropout", "0.1"]) == 2
+    assert "model.dropout" in capsys.readouterr().err

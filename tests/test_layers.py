@@ -11,8 +11,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "picolm"
 
 LAYERS = [  # lowest first: (name, the packages or modules in it); peers in a layer do not import each other
-    ("errors", ["picolm.errors"]),
-    ("base", ["picolm", "picolm.config", "picolm.tokenizer", "picolm.runtime", "picolm.checkpoint"]),
+    ("errors", ["picolm.errors", "picolm.files"]),
+    ("base", ["picolm", "picolm.config", "picolm.tokenizer", "picolm.runtime", "picolm.checkpoint", "picolm.locks"]),
     ("data", ["picolm.data"]),
     ("models", ["picolm.models"]),
     ("methods", ["picolm.methods"]),

@@ -235,31 +235,33 @@ def run_experiment(experiment: Experiment, out: str | Path | None = None, overri
     from picolm.config import build_config
     from picolm.data.tokens import load_meta
     from picolm.loading import load_model
+    from picolm.locks import lock_folder
     from picolm.runtime import resolve_device
 
     started = time.perf_counter()
     device = str(resolve_device(device, field="--device"))
     out = Path(out or f"runs/compare-{experiment.name.removesuffix('-compare')}")
-    data = Path(data_dir) if data_dir else prepare_data(experiment, out / "data", log)
-    load_meta(data)
-    results = {}
-    for name, settings in experiment.runs.items():
-        config = build_config(None, {**experiment.recipe, **settings, **(overrides or {}), "data.path": str(data),
-                                     "train.device": device})
-        run_dir = _train_run(name, config, out / "runs" / name)
-        checkpoint = run_dir / "checkpoints" / "last.pt"
-        log(f"evaluating {name}")
-        loaded = load_model(checkpoint, device=device)
-        entry = {"settings": settings, "parameters": loaded.model.num_params(),
-                 "steps": loaded.checkpoint["global_step"], "tokens_seen": loaded.checkpoint["tokens_seen"],
-                 "train_minutes": loaded.checkpoint["elapsed_seconds"] / 60}
-        entry["metrics"] = evaluate_run(experiment, loaded, device)
-        if experiment.samples.get("prompts"):
-            entry["samples"] = sample_run(experiment, loaded, device)
-        if experiment.analyze:
-            entry["analysis"] = analyze_checkpoint(experiment, checkpoint, run_dir / "analysis", device, log)
-        results[name] = entry
-    return write_report(experiment, out, data, results, (time.perf_counter() - started) / 60)
+    with lock_folder(out):  # one compare writes a folder at a time
+        data = Path(data_dir) if data_dir else prepare_data(experiment, out / "data", log)
+        load_meta(data)
+        results = {}
+        for name, settings in experiment.runs.items():
+            config = build_config(None, {**experiment.recipe, **settings, **(overrides or {}), "data.path": str(data),
+                                         "train.device": device})
+            run_dir = _train_run(name, config, out / "runs" / name)
+            checkpoint = run_dir / "checkpoints" / "last.pt"
+            log(f"evaluating {name}")
+            loaded = load_model(checkpoint, device=device)
+            entry = {"settings": settings, "parameters": loaded.model.num_params(),
+                     "steps": loaded.checkpoint["global_step"], "tokens_seen": loaded.checkpoint["tokens_seen"],
+                     "train_minutes": loaded.checkpoint["elapsed_seconds"] / 60}
+            entry["metrics"] = evaluate_run(experiment, loaded, device)
+            if experiment.samples.get("prompts"):
+                entry["samples"] = sample_run(experiment, loaded, device)
+            if experiment.analyze:
+                entry["analysis"] = analyze_checkpoint(experiment, checkpoint, run_dir / "analysis", device, log)
+            results[name] = entry
+        return write_report(experiment, out, data, results, (time.perf_counter() - started) / 60)
 
 
 def _cell(value) -> str:

@@ -287,8 +287,8 @@ def plot_selectivity(layers: list[KindStatistics], kind_names: list[str], path: 
     return save_figure(fig, path)
 
 
-def neuron_selectivity(model, data_dir: str | Path, out_dir: str | Path, title: str = "", split: str = "val",
-                       max_windows: int = 256) -> tuple[Path, Path, dict]:
+def neuron_selectivity(model, tokenizer, data_dir: str | Path, out_dir: str | Path, title: str = "",
+                       split: str = "val", max_windows: int = 256) -> tuple[Path, Path, dict]:
     """`neurons.png` and `neurons.json` from a numeric data directory's `<split>.bin` and `<split>.kind.bin`;
     returns their paths and the table. Data without sequence kinds is refused (PicolmError)."""
     from picolm.data.tokens import load_meta, load_split
@@ -298,7 +298,7 @@ def neuron_selectivity(model, data_dir: str | Path, out_dir: str | Path, title: 
     if not kind_names or not (Path(data_dir) / f"{split}.kind.bin").is_file():
         raise PicolmError("no sequence kinds in this data (only numeric data has them): neuron selectivity skipped",
                           path=data_dir)
-    tokens, kinds = load_split(data_dir, split)
+    tokens, kinds = load_split(data_dir, split, tokenizer)
     layers = mlp_kind_statistics(model, tokens, kinds, len(kind_names), meta["eos_id"], max_windows)
     table = {"data": str(data_dir), "split": split, "tokens": int(layers[0].counts.sum()),
              "tokens_per_kind": dict(zip(kind_names, map(int, layers[0].counts))), "kinds": kind_names,
@@ -343,6 +343,7 @@ def analyze_run(target: str | Path, what: str = ",".join(ANALYSES), text: str | 
                 data: str | Path | None = None, out: str | Path | None = None, max_windows: int = 256,
                 device="cpu", log=print) -> list[Path]:
     """Run the chosen analyses on a run directory or checkpoint; returns the files written."""
+    from picolm.data.tokens import check_tokenizer
     from picolm.loading import load_model
     from picolm.models.gpt import GPT
 
@@ -356,6 +357,8 @@ def analyze_run(target: str | Path, what: str = ",".join(ANALYSES), text: str | 
     run_data = (loaded.checkpoint.get("train_config") or {}).get("data", {}).get("path")
     data_dir = data or (run_data if run_data and (Path(run_data) / "meta.json").is_file() else None)
     model, tokenizer, title = loaded.model, loaded.tokenizer, run_dir.name
+    if data_dir is not None:
+        check_tokenizer(data_dir, tokenizer)
     written = []
     if "pca" in chosen:
         written.append(embedding_pca(model, tokenizer, out, title))
@@ -363,11 +366,11 @@ def analyze_run(target: str | Path, what: str = ",".join(ANALYSES), text: str | 
         sample = text if text is not None else default_text(tokenizer, data_dir)
         written.append(attention_maps(model, tokenizer, sample, out, title, log))
     if "neurons" in chosen:
-        written += _neurons(model, data_dir, out, title, max_windows, log)
+        written += _neurons(model, tokenizer, data_dir, out, title, max_windows, log)
     return written
 
 
-def _neurons(model, data_dir, out: Path, title: str, max_windows: int, log) -> list[Path]:
+def _neurons(model, tokenizer, data_dir, out: Path, title: str, max_windows: int, log) -> list[Path]:
     """Neuron selectivity when the data has sequence kinds; otherwise a note saying why it was skipped."""
     from picolm.data.tokens import load_meta
 
@@ -377,7 +380,7 @@ def _neurons(model, data_dir, out: Path, title: str, max_windows: int, log) -> l
     if not load_meta(data_dir).get("kinds"):
         log(f"neurons: skipped ({data_dir} has no sequence kinds; only numeric data has them)")
         return []
-    png, json_path, table = neuron_selectivity(model, data_dir, out, title, max_windows=max_windows)
+    png, json_path, table = neuron_selectivity(model, tokenizer, data_dir, out, title, max_windows=max_windows)
     for layer in table["layers"]:
         log(f"layer {layer['layer']}: units preferring each kind (selectivity >= {SELECTIVE}): "
             + ", ".join(f"{k} {n}" for k, n in layer["summary"].items()))

@@ -46,9 +46,14 @@ def train_stage(stage: str, config, run_dir: Path) -> Path:
     started = time.perf_counter()
     trainer = Trainer(config, run_dir, resume=(Path(run_dir) / "checkpoints" / "last.pt").exists())
     print(f"\n== {stage}: {trainer.model.num_params() / 1e6:.2f}M parameters on {trainer.device}, run {run_dir}")
-    result = trainer.fit()
-    if result.stop_reason == "interrupted":
-        raise KeyboardInterrupt
-    finish_run(trainer, result)
+    try:
+        result = trainer.fit()
+        if result.stop_reason == "interrupted":
+            raise KeyboardInterrupt
+        finish_run(trainer, result)
+    except BaseException:
+        trainer.close(failed=True)
+        raise
+    trainer.close()
     print(f"{stage} took {time.perf_counter() - started:.0f} s")
     return Path(run_dir)

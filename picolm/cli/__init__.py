@@ -59,3 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"picolm {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine's side (a full or read-only disk, a missing folder): one line, the path
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"picolm {args.verb}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1

@@ -44,7 +44,7 @@ def add_serve_options(p) -> None:
     group.add_argument("--host", default="127.0.0.1",
                        help="address to listen on; a request's Host header must name it or loopback (and with 0.0.0.0 "
                             "or ::, may name this machine or any IP address)")
-    group.add_argument("--port", type=count(1, 65535), default=8000, help="port to listen on")
+    group.add_argument("--port", type=count(0, 65535), default=8000, help="port to listen on; 0 picks a free one")
     for f in dataclasses.fields(ServeLimits):
         group.add_argument(flag(f.name), type=Number(f.metadata["range"]), default=f.default,
                            metavar="N" if f.type == "int" else "SECONDS", help=f.metadata["help"])

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from picolm.data.preparation import (SPLITS, PrepareOptions, build_tokenizer, check_ratios, default_tokenizer,
                                      encode_split, text_meta, with_defaults)
+from picolm.data.folder import new_data_folder
 from picolm.data.records import write_records
 from picolm.data.sources import SourceData, load_source
 from picolm.data.tokens import write_meta, write_tokens
@@ -45,13 +46,19 @@ def subset(records: list[dict], options: PrepareOptions) -> list[dict]:
 
 
 def prepare(options: PrepareOptions, log=print) -> dict:
-    """Write a data directory; returns its meta.json contents."""
-    started = time.perf_counter()
+    """Write a data directory (built beside --out, then renamed into place); returns its meta.json contents."""
     options = with_defaults(options)
-    if options.stream:
-        from picolm.data.stream import prepare_stream
+    with new_data_folder(options.out) as staging:
+        if options.stream:
+            from picolm.data.stream import prepare_stream
 
-        return prepare_stream(options, log)
+            return prepare_stream(replace(options, out=str(staging)), log)
+        return prepare_in_memory(replace(options, out=str(staging)), log)
+
+
+def prepare_in_memory(options: PrepareOptions, log=print) -> dict:
+    """`prepare` for a source held in memory, into the empty folder `options.out`."""
+    started = time.perf_counter()
     out = Path(options.out)
     source_options = {"num_sequences": options.num_sequences, "min_length": options.min_length,
                       "max_length": options.max_length, "max_value": options.max_value, "seed": options.seed}
@@ -68,9 +75,6 @@ def prepare(options: PrepareOptions, log=print) -> dict:
     kind = options.tokenizer or default_tokenizer(options.source)
     tokenizer = build_tokenizer(kind, splits, options)
     kinds = sorted({r["kind"] for records in splits.values() for r in records}) if data.has_kinds else None
-    if out.exists() and not out.is_dir():
-        raise PicolmError("exists and is not a directory", path=out)
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / "tokenizer")
     counts = {}
     encode_seconds = 0.0
@@ -79,11 +83,8 @@ def prepare(options: PrepareOptions, log=print) -> dict:
         tokens, kind_ids = encode_split(tokenizer, splits[name], kinds)
         encode_seconds += time.perf_counter() - t0
         write_tokens(out / f"{name}.bin", tokens)
-        kind_path = out / f"{name}.kind.bin"
         if kind_ids is not None:
-            write_tokens(kind_path, kind_ids)
-        else:
-            kind_path.unlink(missing_ok=True)  # left by an earlier prepare into the same folder
+            write_tokens(out / f"{name}.kind.bin", kind_ids)
         counts[name] = {"documents": len(splits[name]), "tokens": int(len(tokens))}
         log(f"{name}: {len(splits[name]):,} documents, {len(tokens):,} tokens")
     own_splits = "train" in data.splits and options.use_source_splits
@@ -96,20 +97,21 @@ def write_example_splits(out: Path, splits: dict[str, list[dict]], task: str, op
                          started: float, log=print) -> dict:
     """SFT or preference records as `<split>.jsonl`: they are tokenized when training starts, with the tokenizer
     of the model being fine-tuned. `--tokenizer` adds one for training from scratch."""
-    if out.exists() and not out.is_dir():
-        raise PicolmError("exists and is not a directory", path=out)
-    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = None
     if options.tokenizer:
         texts = {name: [{"text": r["prompt"] + " " + " ".join(r[k] for k in ("response", "chosen", "rejected")
                                                                 if k in r)} for r in records]
                  for name, records in splits.items()}
-        build_tokenizer(options.tokenizer, texts, options).save(out / "tokenizer")
+        tokenizer = build_tokenizer(options.tokenizer, texts, options)
+        tokenizer.save(out / "tokenizer")
+        fingerprint = tokenizer.fingerprint
     counts = {}
     for name in SPLITS:
         write_records(out / f"{name}.jsonl", splits[name])
         counts[name] = {"examples": len(splits[name])}
         log(f"{name}: {len(splits[name]):,} {'pairs' if task == 'dpo' else 'examples'}")
-    meta = {"source": options.source, "task": task, "tokenizer": options.tokenizer, "splits": counts,
+    meta = {"source": options.source, "task": task, "tokenizer": options.tokenizer,
+            "tokenizer_fingerprint": fingerprint, "splits": counts,
             "seed": options.seed, "options": {k: v for k, v in asdict(options).items() if k != "out"},
             "seconds": round(time.perf_counter() - started, 2)}
     write_meta(out, meta)

@@ -114,6 +114,7 @@ def text_meta(options: PrepareOptions, kind: str, tokenizer: Tokenizer, counts: 
         "task": "text",
         "hub_repo": HUB_SOURCES[options.source].repo if options.source in HUB_SOURCES else None,
         "tokenizer": kind,
+        "tokenizer_fingerprint": tokenizer.fingerprint,
         "vocab_size": tokenizer.vocab_size,
         "dtype": token_dtype(tokenizer).__name__,
         "eos_id": tokenizer.eos_id,

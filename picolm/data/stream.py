@@ -148,15 +148,9 @@ def tokenizer_sample(texts: Iterable[str], options: PrepareOptions, stats: dict)
             return
 
 
-def _remove_earlier_output(out: Path) -> None:
-    """meta.json first (a directory with meta.json is complete), then token files this run would not replace."""
-    (out / "meta.json").unlink(missing_ok=True)
-    for path in (*out.glob("train-*.bin"), *out.glob("*.kind.bin"), out / "train.bin"):
-        path.unlink(missing_ok=True)
-
-
 def prepare_stream(options: PrepareOptions, log=print) -> dict:
-    """`prepare` for a streamed source (options already through `with_defaults`); returns meta.json's contents."""
+    """`prepare` for a streamed source into the empty folder `options.out` (options already through `with_defaults`);
+    returns meta.json's contents."""
     started = time.perf_counter()
     check_ratios(options.split_ratios)
     if options.subset_ratio is not None:
@@ -166,8 +160,6 @@ def prepare_stream(options: PrepareOptions, log=print) -> dict:
         raise PicolmError(f"the {kind} vocabulary needs every symbol of the corpus first; stream with bpe, gpt2 "
                           "or hf:NAME_OR_PATH", field="--tokenizer")
     out = Path(options.out)
-    if out.exists() and not out.is_dir():
-        raise PicolmError("exists and is not a directory", path=out)
     texts = stream_source(options.source, options.hub_dir, options.limit)
     sample = {"documents": 0, "bytes": 0}
     if kind == "bpe":  # a first pass over the stream's start; the second pass below encodes everything
@@ -177,8 +169,6 @@ def prepare_stream(options: PrepareOptions, log=print) -> dict:
         texts = stream_source(options.source, options.hub_dir, options.limit)
     else:
         tokenizer = build_tokenizer(kind, {}, options)
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_earlier_output(out)
     tokenizer.save(out / "tokenizer")
     dtype = token_dtype(tokenizer)
     encoder = BatchEncoder(tokenizer, options.seed, options.split_ratios, threads=1 if options.workers else None)

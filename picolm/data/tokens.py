@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from picolm.errors import PicolmError
+from picolm.files import write_text_atomically
 from picolm.tokenizer import Tokenizer
 
 MAGIC = 0x7069636F  # "pico"
@@ -94,9 +95,7 @@ def token_dtype(tokenizer: Tokenizer) -> type:
 
 
 def write_meta(out: Path, meta: dict) -> None:
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "meta.json")  # written last: a directory with meta.json is complete
+    write_text_atomically(out / "meta.json", json.dumps(meta, indent=1))  # written last: a folder with it is complete
 
 
 def load_meta(data_dir: str | Path) -> dict:
@@ -111,8 +110,33 @@ def load_meta(data_dir: str | Path) -> dict:
         raise PicolmError(f"unreadable ({exc})", path=path) from None
 
 
-def load_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """A split's tokens and, for numeric data, the sequence kind of each token."""
+def data_fingerprint(data_dir: str | Path) -> str | None:
+    """The fingerprint of the tokenizer that made a data folder's tokens: meta.json's, else (a folder prepared before
+    fingerprints) its tokenizer/'s; None for example data, which the model's tokenizer encodes when it is read."""
+    from picolm.tokenizer import load_tokenizer
+
+    data_dir = Path(data_dir)
+    meta = load_meta(data_dir)
+    if meta.get("tokenizer_fingerprint"):
+        return meta["tokenizer_fingerprint"]
+    if meta.get("task", "text") == "text" and (data_dir / "tokenizer").is_dir():
+        return load_tokenizer(data_dir / "tokenizer").fingerprint
+    return None
+
+
+def check_tokenizer(data_dir: str | Path, tokenizer: Tokenizer) -> None:
+    """Refuse token data made by another tokenizer than the model's: its ids would mean other tokens."""
+    theirs = data_fingerprint(data_dir)
+    if theirs is not None and theirs != tokenizer.fingerprint:
+        raise PicolmError(f"its tokens were made by another tokenizer (fingerprint {theirs}) than the model's "
+                          f"({tokenizer.kind}, fingerprint {tokenizer.fingerprint}); prepare the data with the "
+                          "model's tokenizer (a BPE run's: picolm prepare --tokenizer hf:RUN/tokenizer)", path=data_dir)
+
+
+def load_split(data_dir: str | Path, split: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray | None]:
+    """A split's tokens and, for numeric data, the sequence kind of each token; refused if `tokenizer` did not
+    make them."""
+    check_tokenizer(data_dir, tokenizer)
     data_dir = Path(data_dir)
     kind_path = data_dir / f"{split}.kind.bin"
     return read_tokens(data_dir / f"{split}.bin"), (np.asarray(read_tokens(kind_path)) if kind_path.exists() else None)

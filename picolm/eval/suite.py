@@ -117,7 +117,7 @@ class RunEvaluation:
             raise PicolmError("`kinds` needs data with sequence kinds (numeric)", path=self.data_dir)
         family = family_for("auto", task, self.model.config, data=str(self.data_dir))
         if task == "text":
-            tokens, kinds = load_split(self.data_dir, self.request.split)
+            tokens, kinds = load_split(self.data_dir, self.request.split, self.tokenizer)
             check_split(tokens, Path(self.data_dir) / f"{self.request.split}.bin", self.model.config.vocab_size, block)
             batches = window_batches(tokens, block, self.request.batch_size, self.request.max_windows, kinds,
                                      self.tokenizer.eos_id)
@@ -155,19 +155,21 @@ class RunEvaluation:
     def _reference_model(self):
         from picolm.loading import load_start
 
-        source = self.request.reference or self.train_config.get("train", {}).get("init_from")
+        if self.request.reference:  # named: it must load (a mistyped path is an error, not "no reference")
+            return load_start(self.request.reference, device=self.device).model, self.request.reference
+        source = self.train_config.get("train", {}).get("init_from")
         if not source or not Path(source).exists():
-            return None, None
+            return None, f"none (log-probabilities; the run's init_from {source} is not here)" if source else None
         return load_start(source, device=self.device).model, str(source)
 
     def preference(self) -> dict:
         pairs_dir = self.request.pairs or self.data_dir
         if self._meta(pairs_dir).get("task") != "dpo":
             raise PicolmError("`preference` needs pairs: pass --pairs with a DPO data directory", path=pairs_dir)
+        reference, source = self._reference_model()
         pairs = load_examples(pairs_dir, self.request.split, "dpo", self.tokenizer, self.model.config.block_size,
                               BadRows(skip=True))
         objective = Preference(ObjectiveConfig(**self.train_config.get("objective", {})))
-        reference, source = self._reference_model()
         run = lambda model: pair_log_probs(model, pairs, self.request.batch_size, self.tokenizer.eos_id,  # noqa: E731
                                            self.device, nullcontext, objective.length_normalize)
         policy = run(self.model)
@@ -181,7 +183,7 @@ class RunEvaluation:
     def _prompts(self, data_dir, count: int) -> list[list[int]]:
         meta = self._meta(data_dir)
         if meta.get("task", "text") == "text":
-            tokens, _ = load_split(data_dir, self.request.split)
+            tokens, _ = load_split(data_dir, self.request.split, self.tokenizer)
             return document_openings(tokens, self.tokenizer.eos_id, count, prompt_tokens=8)
         examples = load_examples(data_dir, self.request.split, meta["task"], self.tokenizer,
                                  self.model.config.block_size, BadRows(skip=True))

@@ -20,6 +20,7 @@ from picolm.errors import PicolmError
 from picolm.interop.convert import (gpt2_config_problems, llama_config_problems, neox_config_problems, to_gpt2,
                                     to_llama, to_neox)
 from picolm.loading import load_model
+from picolm.locks import lock_beside
 from picolm.tokenizer import SymbolTokenizer, Tokenizer
 
 FORMATS = ("hf",)
@@ -88,14 +89,18 @@ def _name_tokenizer_class(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
+def _check_empty(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PicolmError("already exists and is not empty: pass a new folder", path=out)
+
+
 def export_run(target: str | Path, out_dir: str | Path, fmt: str = "hf") -> Exported:
     """Write the run (its best, else last, checkpoint) or checkpoint `target` into the new folder `out_dir`,
     through a temporary folder beside it renamed at the end, so nothing half-written is left."""
     if fmt not in FORMATS:
         raise PicolmError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})", field="--format")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise PicolmError("already exists and is not empty: pass a new folder", path=out)
+    _check_empty(out)
     loaded = load_model(target)
     try:
         import transformers  # noqa: F401
@@ -103,14 +108,18 @@ def export_run(target: str | Path, out_dir: str | Path, fmt: str = "hf") -> Expo
         raise PicolmError("exporting needs the package transformers (pip install 'picolm[hf]')",
                           field="--format") from None
     hf = hf_model_for(loaded.model, loaded.tokenizer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        hf.save_pretrained(tmp)
-        hf_tokenizer(loaded.tokenizer, loaded.model.config.block_size).save_pretrained(tmp)
-        _name_tokenizer_class(tmp / "tokenizer_config.json")
-        files = sorted(p.name for p in tmp.iterdir())
-        os.replace(tmp, out)  # an empty out_dir is replaced
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    hf.config.picolm_tokenizer_fingerprint = loaded.tokenizer.fingerprint  # the export's tokenizer.json gives it too
+    with lock_beside(out):  # one export into a folder at a time; one killed midway left only its hidden folder
+        _check_empty(out)
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        try:
+            hf.save_pretrained(tmp)
+            hf_tokenizer(loaded.tokenizer, loaded.model.config.block_size).save_pretrained(tmp)
+            _name_tokenizer_class(tmp / "tokenizer_config.json")
+            files = sorted(p.name for p in tmp.iterdir())
+            os.replace(tmp, out)  # an empty out_dir is replaced
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return Exported(out, type(hf).__name__, files)

@@ -17,6 +17,7 @@ but load through the classes picolm registers.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 
 from picolm.config import ModelConfig
 from picolm.data.examples import IGNORE_INDEX
-from picolm.errors import PicolmError
+from picolm.errors import PicolmError, first_line
 from picolm.interop.convert import from_gpt2
 from picolm.models.gpt import GPT
 from picolm.models.linear_cross_entropy import linear_cross_entropy, linear_log_probs
@@ -41,12 +42,6 @@ VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.mod
                     "sentencepiece.bpe.model", "tokenizer.tiktoken")
 OWN_CODE = ("refused: its config names Python code of its own (auto_map), and picolm never runs code from a model "
             "folder or hub repository (trust_remote_code=False)")
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else ""
-    return f"{type(exc).__name__}: {line[:limit]}" if line else type(exc).__name__
 
 
 def _config_value(config, *names, default=None):
@@ -119,7 +114,7 @@ class HFCausalLM(nn.Module):
                     or self.hf.gradient_checkpointing_disable
                 disable()
         except ValueError as exc:  # "... does not support gradient checkpointing"
-            raise PicolmError(f"{type(self.hf).__name__} cannot checkpoint activations ({_first_line(exc)})",
+            raise PicolmError(f"{type(self.hf).__name__} cannot checkpoint activations ({first_line(exc)})",
                               field="train.grad_checkpointing") from None
         self._grad_checkpointing = on
 
@@ -223,8 +218,8 @@ def _load_error(exc: Exception, source: str, local: bool, field: str) -> PicolmE
     if isinstance(exc, OSError):
         where = "read the model" if local else "load it from the Hugging Face hub (without internet, pass a " \
                                                "folder written by save_pretrained)"
-        return PicolmError(f"could not {where}: {_first_line(exc)}", path=source, field=field)
-    return PicolmError(f"could not load the model ({_first_line(exc)})", path=source, field=field)
+        return PicolmError(f"could not {where}: {first_line(exc)}", path=source, field=field)
+    return PicolmError(f"could not load the model ({first_line(exc)})", path=source, field=field)
 
 
 def load_pretrained_tokenizer(source: str, local: bool, field: str = FIELD) -> HFTokenizer:
@@ -254,7 +249,7 @@ def load_pretrained_tokenizer(source: str, local: bool, field: str = FIELD) -> H
         backend = getattr(AutoTokenizer.from_pretrained(source, trust_remote_code=False), "backend_tokenizer", None)
     except Exception as exc:
         _refuse_own_code(exc, source, field)
-        raise PicolmError(f"could not load the tokenizer ({_first_line(exc)}); save a tokenizer.json beside the "
+        raise PicolmError(f"could not load the tokenizer ({first_line(exc)}); save a tokenizer.json beside the "
                           "model", path=source, field=field) from None
     if backend is None or backend.get_vocab_size() < 2:
         raise PicolmError("no usable fast (tokenizers) tokenizer; save a tokenizer.json beside the model",
@@ -280,7 +275,7 @@ def load_hf_model(name_or_dir: str) -> tuple[HFCausalLM, Tokenizer]:
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=False)
     except ValueError as exc:  # unknown model_type, or a config with no causal-LM class
         _refuse_own_code(exc, source, FIELD)
-        raise PicolmError(f"not a causal language model transformers can build ({_first_line(exc)})", path=source,
+        raise PicolmError(f"not a causal language model transformers can build ({first_line(exc)})", path=source,
                           field=FIELD) from None
     except Exception as exc:
         raise _load_error(exc, source, local, FIELD) from None
@@ -301,7 +296,7 @@ def load_gpt2(name_or_dir: str, field: str = "train.init_from") -> tuple[GPT, To
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except ValueError as exc:  # no or an unknown model_type
         _refuse_own_code(exc, source, field)
-        raise PicolmError(f"not a model config transformers knows ({_first_line(exc)})", path=source,
+        raise PicolmError(f"not a model config transformers knows ({first_line(exc)})", path=source,
                           field=field) from None
     except Exception as exc:
         raise _load_error(exc, source, local, field) from None
@@ -341,8 +336,11 @@ def hf_model_from_checkpoint(model_config_dict: dict, state_dict) -> HFCausalLM:
         config = AutoConfig.for_model(model_type, **hf_config)
         hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     except ValueError as exc:
-        raise PicolmError(f"cannot rebuild the Hugging Face model ({_first_line(exc)})", field="model_config") \
+        raise PicolmError(f"cannot rebuild the Hugging Face model ({first_line(exc)})", field="model_config") \
             from None
     model = HFCausalLM(hf_model)
     model.load_state_dict(state_dict)
+    trained = model_config_dict.get("block_size") or 0
+    if 0 < trained < model.config.block_size:  # a run may train a shorter context than the model's positions
+        model.config = replace(model.config, block_size=trained)
     return model

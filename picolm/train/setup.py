@@ -21,11 +21,13 @@ from picolm.data.loader import TokenWindows, check_split, train_windows, window_
 from picolm.data.records import BadRows
 from picolm.data.tokens import load_meta, load_split
 from picolm.errors import PicolmError
-from picolm.loading import LoadedModel, load_start, model_config_from_checkpoint
+from picolm.loading import (LoadedModel, checkpoint_tokenizer, load_start, model_config_from_checkpoint,
+                            with_run_settings)
+from picolm.locks import LOCK_FILE
 from picolm.methods import check_fresh_model, check_settings, family_for
 from picolm.methods.family import Family, Objective
 from picolm.models.build import build_model
-from picolm.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_dict
+from picolm.tokenizer import Tokenizer, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ def resolve(config: Config, task: str, tokenizer: Tokenizer, start: ModelConfig 
     fresh = start is None and not resume
     if fresh:
         check_fresh_model(config.model)
-    model = start or config.model
+    model = settings_on_start(start, config.model, config.given) if start is not None and not resume \
+        else start or config.model
     field = "train.init_from" if start is not None and config.train.init_from else "objective.kind"
     family = family_for(config.objective.kind, task, model, data=config.data.path, model_field=field)
     if start is not None and not resume and not family.starts_from(start):
@@ -55,6 +58,28 @@ def resolve(config: Config, task: str, tokenizer: Tokenizer, start: ModelConfig 
     model.validate()
     resolved = replace(config, model=model, objective=replace(config.objective, kind=family.kind))
     return Resolved(resolved, family, task, tuple(notes))
+
+
+def settings_on_start(start: ModelConfig, wanted: ModelConfig, given: frozenset[str]) -> ModelConfig:
+    """The starting model's config with the model settings the run names: dropout and a shorter context change;
+    every other must be the start's, since a trained model's shape is fixed. None is dropped silently."""
+    changes = {}
+    for key in sorted(k for k in given if k.startswith("model.")):
+        name = key.removeprefix("model.")
+        value, theirs = getattr(wanted, name), getattr(start, name)
+        if value == theirs:
+            continue
+        if name == "dropout" and start.arch == "hf":
+            raise PicolmError("a Hugging Face model's modules read their own dropout settings: set them in its "
+                              "config.json", field=key)
+        if name == "block_size" and value > theirs:
+            raise PicolmError(f"{value} is longer than the starting model's context of {theirs} (its positions end "
+                              "there); a shorter one is fine", field=key)
+        if name not in ("dropout", "block_size"):
+            raise PicolmError(f"is {value!r} here but {theirs!r} in the starting model: a trained model keeps its "
+                              "shape (only model.dropout and a shorter model.block_size can change)", field=key)
+        changes[name] = value
+    return replace(start, **changes)
 
 
 def data_task(config: Config) -> tuple[dict, str]:
@@ -71,6 +96,10 @@ def last_checkpoint(run_dir: Path, resume: bool) -> Path:
         raise PicolmError("nothing to resume: no checkpoints/last.pt", path=run_dir)
     if not resume and last.exists():
         raise PicolmError("already holds a run; resume it with --resume or choose another --out", path=run_dir)
+    if not resume and run_dir.is_dir() and not (run_dir / "config.yaml").exists() \
+            and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise PicolmError("holds files but no picolm run (no config.yaml); refusing to write among them: choose a "
+                          "new or empty --out", path=run_dir)
     return last
 
 
@@ -114,7 +143,7 @@ def plan_config(config: Config) -> Config:
     if config.train.init_from:
         path = find_checkpoint(config.train.init_from)
         state = load_checkpoint(path, mmap=True)
-        start, tokenizer = model_config_from_checkpoint(state, path), tokenizer_from_dict(state["tokenizer"])
+        start, tokenizer = model_config_from_checkpoint(state, path), checkpoint_tokenizer(state, path)
     else:
         tokenizer = data_tokenizer(config, task)
     return resolve(config, task, tokenizer, start).config
@@ -178,7 +207,7 @@ def prepare(config: Config, run_dir: Path, resume: bool, rank: int = 0, world_si
     if resume and objective.needs_starting_model and config.train.init_from:
         start = starting_model(config, log)
     torch.manual_seed(config.train.seed)
-    model = start.model if start else build_model(config.model)
+    model = with_run_settings(start.model, config.model) if start else build_model(config.model)
     check_metric(config, family, task, meta.get("kinds"))
     train_data, val_tokens, val_kinds, val_examples = load_data(config, family, task, tokenizer, rank, world_size, log)
     return Run(resolved, meta, tokenizer, model, objective, train_data, val_tokens, val_kinds, val_examples, state)
@@ -195,7 +224,7 @@ def load_data(config: Config, family: Family, task: str, tokenizer: Tokenizer, r
     data_dir, block = Path(config.data.path), config.model.block_size
     if task == "text":
         train = train_windows(data_dir, block, seed=config.train.seed, rank=rank, world_size=world_size)
-        tokens, kinds = load_split(data_dir, "val")
+        tokens, kinds = load_split(data_dir, "val", tokenizer)
         check_split(tokens, data_dir / "val.bin", config.model.vocab_size, block)
         return train, tokens, kinds, None
     bad = BadRows(skip=config.data.skip_bad_rows)

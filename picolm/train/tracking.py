@@ -14,6 +14,7 @@ import yaml
 
 from picolm.config import Config
 from picolm.errors import PicolmError
+from picolm.files import write_text_atomically
 
 
 def summarize(name: str, values: torch.Tensor) -> dict[str, float]:
@@ -24,10 +25,19 @@ def summarize(name: str, values: torch.Tensor) -> dict[str, float]:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of metrics.jsonl; a torn last line (the process was killed while writing it) is dropped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise PicolmError("not a JSON row", path=path, line=number) from None
+    return rows
 
 
 def wandb_mode() -> str:
@@ -73,10 +83,18 @@ def run_name(config: Config, family, source: str, runs: Path) -> str:
     stem = f"{architecture_name(config, family.label)}-{_slug(dataset)}-{size_name(config)}"
     taken = [0]
     for saved in runs.glob("*/config.yaml") if runs.is_dir() else []:
-        found = re.fullmatch(re.escape(stem) + r"-v(\d+)", str(yaml.safe_load(saved.read_text(encoding="utf-8"))
-                                                                .get("log", {}).get("run_name")))
+        found = re.fullmatch(re.escape(stem) + r"-v(\d+)", _saved_run_name(saved))
         taken.append(int(found.group(1)) if found else 0)
     return f"{stem}-v{max(taken) + 1}"
+
+
+def _saved_run_name(config_yaml: Path) -> str:
+    """The run name in a sibling run's config.yaml; "" when the file is broken (it is that run's problem)."""
+    try:
+        saved = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))
+        return str(saved["log"]["run_name"])
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
+        return ""
 
 
 class Tracker:
@@ -100,14 +118,19 @@ class Tracker:
             self.backends.append(WandbBackend(run_dir, config, resume=resume_step is not None))
 
     def _rewrite_jsonl(self) -> None:
-        with (self.run_dir / "metrics.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        """Whole files (a kill while resuming keeps the old rows): the rows up to the checkpoint, and the histograms."""
+        write_text_atomically(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
         histograms = self.run_dir / "histograms.jsonl"
         if histograms.exists():  # a resumed run drops the histograms past its checkpoint too
             last = self.rows[-1]["step"] if self.rows else 0
-            kept = [line for line in histograms.read_text(encoding="utf-8").splitlines()
-                    if line and json.loads(line)["step"] <= last]
-            histograms.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            kept = []
+            for line in histograms.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    if json.loads(line)["step"] <= last:
+                        kept.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    pass  # a torn line
+            write_text_atomically(histograms, "".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from picolm.checkpoint import save_checkpoint, save_weights
+from picolm.checkpoint import save_checkpoint
 from picolm.config import Config, save_config
-from picolm.errors import PicolmError, TrainingStopped
+from picolm.errors import PicolmError, TrainingStopped, first_line
 from picolm.loading import describe_mismatch
+from picolm.locks import lock_folder
 from picolm.runtime import autocast, resolve_device, resolve_precision
 from picolm.train.distributed import (Distributed, full_model_state, full_optimizer_state, load_full_model_state,
                                       load_full_optimizer_state)
@@ -67,6 +68,17 @@ class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, log=print):
         self.distributed = Distributed(config.train.parallel)
         self.run_dir = Path(run_dir)
+        self.lock = None  # the run directory's one writer is rank 0
+        if self.distributed.is_main:
+            self.lock = lock_folder(self.run_dir, "wait for it to finish" if resume else
+                                    "wait for it to finish or choose another --out").acquire()
+        try:
+            self._set_up(config, resume, log)
+        except BaseException:
+            self._release(failed=True)
+            raise
+
+    def _set_up(self, config: Config, resume: bool, log) -> None:
         self.log = log if self.distributed.is_main else (lambda *args, **kwargs: None)
         self.device = self.distributed.device(resolve_device(config.train.device))
         self.micro_size, self.micro_batches = self._micro_batching(config)
@@ -137,9 +149,13 @@ class Trainer:
         if saved_optimizer != self.config.train.optimizer:
             raise PicolmError(f"cannot change it when resuming (the run has {saved_optimizer!r})",
                               path=self.run_dir, field="train.optimizer")
-        load_full_model_state(self.model, state["model_state_dict"], self.distributed)
-        for optimizer, saved in zip(self.optimizers, state["optimizer_state_dict"], strict=True):
-            load_full_optimizer_state(self.model, optimizer, saved, self.distributed)
+        try:
+            load_full_model_state(self.model, state["model_state_dict"], self.distributed)
+            for optimizer, saved in zip(self.optimizers, state["optimizer_state_dict"], strict=True):
+                load_full_optimizer_state(self.model, optimizer, saved, self.distributed)
+        except (RuntimeError, ValueError, KeyError) as exc:  # a checkpoint whose parts disagree (edited by hand)
+            raise PicolmError(f"its weights or optimizer state do not fit its model ({first_line(exc)})",
+                              path=self.run_dir / "checkpoints" / "last.pt") from None
         if state.get("scaler_state_dict"):
             self.scaler.load_state_dict(state["scaler_state_dict"])
         self.global_step, self.tokens_seen = state["global_step"], state["tokens_seen"]
@@ -183,6 +199,7 @@ class Trainer:
             "reference_log_probs": {split: examples.reference for split, examples in self.run.examples().items()
                                     if getattr(examples, "reference", None) is not None},
             "tokenizer": self.tokenizer.to_dict(),
+            "tokenizer_fingerprint": self.tokenizer.fingerprint,
         }
 
     def save(self, *names: str) -> None:
@@ -190,8 +207,7 @@ class Trainer:
         state = self.checkpoint_state()
         for name in names if self.distributed.is_main else ():
             path = self.run_dir / "checkpoints" / f"{name}.pt"
-            save_weights(state, path.with_suffix(".safetensors"))
-            save_checkpoint(state, path)
+            save_checkpoint(state, path, weights=path.with_suffix(".safetensors"))
 
     def close(self, failed: bool = False) -> None:
         """Leave the torchrun process group (nothing to do in one process); the trainer is done with. After a
@@ -199,6 +215,12 @@ class Trainer:
         if self.distributed.active:
             self.train_model = self.model = self.optimizers = None
         self.distributed.close(wait=not failed)
+        self._release(failed)
+
+    def _release(self, failed: bool) -> None:
+        """Let another process write the run; a run that failed before writing anything leaves no folder."""
+        if self.lock is not None:
+            self.lock.release(discard_unused=failed)
 
     def _model_config_for_checkpoint(self) -> dict:
         if self.config.model.arch == "hf":
