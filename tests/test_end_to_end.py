@@ -37,6 +37,37 @@ def test_quickstart_runs_the_whole_pipeline_and_writes_the_report(tmp_path):
     assert (tmp_path / "plots" / "curves.png").is_file()
 
 
+def _stage_numbers(out: Path) -> dict:
+    """Every logged number of the three runs but throughput, which is the machine's."""
+    runs = {}
+    for stage in ("base", "sft", "dpo"):
+        rows = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
+        runs[stage] = [{k: v for k, v in row.items() if k != "train/tokens_per_sec"} for row in rows]
+    return runs
+
+
+@pytest.mark.slow
+def test_quickstart_writes_the_same_numbers_on_a_machine_fifty_times_slower(tmp_path, monkeypatch):
+    """Stages budgeted in steps: a second run whose clock runs fifty times faster (a slow or busy machine, as the
+    trainer sees it) trains the same models and evaluates them to the same numbers for the same seed."""
+    import shutil
+    import time
+
+    from picolm import quickstart
+
+    monkeypatch.setattr(quickstart, "DPO_PAIRS", 200)
+    monkeypatch.setattr(quickstart, "STEPS", {"pretraining": 3, "SFT": 2, "DPO": 2})
+    first = quickstart.run_quickstart(quickstart.QuickstartOptions(out=tmp_path / "a", device="cpu", samples=2))
+    shutil.copytree(tmp_path / "a" / "data", tmp_path / "b" / "data")  # the same data, prepared once
+    clock = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: 50 * clock())
+    second = quickstart.run_quickstart(quickstart.QuickstartOptions(out=tmp_path / "b", device="cpu", samples=2))
+    assert second == first
+    assert _stage_numbers(tmp_path / "b") == _stage_numbers(tmp_path / "a")
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "| base | 3 steps | 3 | step 3 |" in report and "| dpo | 2 steps | 2 | step 2 |" in report
+
+
 @pytest.mark.slow
 def test_tiny_model_learns_the_deterministic_numeric_kinds(tmp_path):
     data = tmp_path / "numeric"

@@ -8,23 +8,34 @@ from picolm.cli.common import Formatter
 def register(verbs) -> None:
     p = verbs.add_parser("quickstart", formatter_class=Formatter, help="the whole pipeline on built-in data",
                          description="Story corpus -> BPE tokenizer -> pretraining -> SFT on story specifications "
-                                     "-> DPO toward horror -> evaluation -> plots -> report.md, in about ten "
-                                     "minutes on a 2-core CPU. Steps or epochs given for a stage replace its time "
-                                     "budget. An interrupted quickstart resumes where it stopped.")
+                                     "-> DPO toward horror -> evaluation -> plots -> report.md, in under ten "
+                                     "minutes on a 2-core CPU. Each stage is budgeted in steps, so every machine "
+                                     "trains the same models and writes the same numbers for a seed. Minutes given "
+                                     "alone for a stage time it instead; given with its steps or epochs, the first "
+                                     "limit reached stops it. An interrupted quickstart resumes where it stopped.")
     p.add_argument("--out", default="runs/quickstart", help="folder for the data, the three runs and the report")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--base", default=None, metavar="RUN_DIR",
                    help="start from this pretrained run or checkpoint instead of pretraining")
-    p.add_argument("--pretrain-minutes", type=float, default=2.5, help="pretraining time budget")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps instead")
-    p.add_argument("--sft-minutes", type=float, default=1.5, help="SFT time budget")
-    p.add_argument("--sft-steps", type=int, default=None, help="SFT steps instead")
-    p.add_argument("--sft-epochs", type=float, default=None, help="SFT epochs instead")
-    p.add_argument("--dpo-minutes", type=float, default=1.5, help="DPO time budget")
-    p.add_argument("--dpo-steps", type=int, default=None, help="DPO steps instead")
-    p.add_argument("--dpo-epochs", type=float, default=None, help="DPO epochs instead")
+    _stage_options(p, "pretrain", "pretraining", epochs=False)
+    _stage_options(p, "sft", "SFT")
+    _stage_options(p, "dpo", "DPO")
     p.add_argument("--samples", type=int, default=96, help="held-out prompts to sample per model for the report")
     p.set_defaults(run=run)
+
+
+def _stage_options(p, prefix: str, stage: str, epochs: bool = True) -> None:
+    """--PREFIX-steps (or --PREFIX-epochs) and --PREFIX-minutes for one stage."""
+    from picolm.quickstart import STEPS
+
+    limit = p.add_mutually_exclusive_group() if epochs else p
+    other = f"--{prefix}-epochs or minutes" if epochs else "minutes"
+    limit.add_argument(f"--{prefix}-steps", type=int, default=None,
+                       help=f"{stage} steps (default: {STEPS[stage]} unless {other} alone are given)")
+    if epochs:
+        limit.add_argument(f"--{prefix}-epochs", type=float, default=None, help=f"{stage} epochs instead of steps")
+    p.add_argument(f"--{prefix}-minutes", type=float, default=None,
+                   help=f"{stage} time budget: alone, the stage is timed instead (numbers then depend on the machine)")
 
 
 def run(args) -> int:

@@ -48,14 +48,15 @@ def evaluate_stages(stages: dict[str, Path], sft_data: Path, dpo_data: Path, sam
                                      dpo.length_normalize)
     prompts = [tokenizer.decode(p.tolist()) for p in pairs.prompts[:samples]]
     results = {"prompts": prompts, "test_pairs": len(pairs), "sft_test_examples": len(sft_test), "stages": {}}
-    for name, model in ((name, entry.model) for name, entry in loaded.items()):
+    for name, entry in loaded.items():
+        model = entry.model
         sft = FAMILIES["sft"].evaluate(model, in_order(sft_test, BATCH, tokenizer.eos_id), MaskedResponse(), device)
         per_token = pair_log_probs(model, pairs, BATCH, tokenizer.eos_id, device, nullcontext, length_normalize=True)
         stories = sample_responses(model, tokenizer, pairs.prompts[:samples], max_new_tokens, device)
         stage = {"sft_test_loss": sft["loss"], "sft_test_perplexity": sft["perplexity"],
                  "chosen_more_likely": float((per_token[:, 0] > per_token[:, 1]).float().mean()),
                  "horror_lexicon_rate": sum(map(horror_lexicon_rate, stories)) / max(len(stories), 1),
-                 "samples": stories}
+                 "samples": stories, "checkpoint_step": entry.checkpoint["global_step"]}
         if name == "dpo":
             preference = FAMILIES["dpo"].evaluate(model, in_order(pairs, BATCH, tokenizer.eos_id), dpo, device)
             stage["preference_accuracy"] = preference["rewards/accuracies"]
@@ -73,13 +74,27 @@ def _cell(stage: dict, key: str, digits: int = 3) -> str:
     return f"{stage[key]:.{digits}f}" if key in stage else "—"
 
 
-def write_report(out: Path, results: dict, curves: Path, minutes: float) -> Path:
-    """report.md: the metrics table, the plots, and sample stories for the same prompts before and after."""
+def _training_table(stages: dict, training: dict) -> list[str]:
+    """Per model: its budget, the steps it trained, the checkpoint evaluated and the training loop's wall time."""
+    note = ("A budget in steps trains the same models and gives the same numbers on every machine for a seed; the "
+            "times are this machine's (the training loop with its evaluations; data, set-up and sampling apart).")
+    lines = ["## Training", "", note, "", "| model | budget | steps trained | checkpoint evaluated | training time |",
+             "|---|---|---|---|---|"]
+    for name, run in training.items():
+        lines.append(f"| {name} | {run['budget']} | {run['steps']} | step {stages[name]['checkpoint_step']} "
+                     f"| {run['minutes']:.1f} min |")
+    return lines + [""]
+
+
+def write_report(out: Path, results: dict, curves: Path, minutes: float, training: dict) -> Path:
+    """report.md: the metrics table, how each model was trained, the plots, and sample stories for the same prompts
+    before and after. `training` maps each model to its budget, steps trained and training minutes."""
     stages = results["stages"]
     lines = [
         "# picolm quickstart report", "",
         f"Pretraining on the built-in stories, SFT on story specifications, DPO toward horror "
-        f"({results['objective']['loss']} loss, beta {results['objective']['beta']}); {minutes:.1f} minutes in all.",
+        f"({results['objective']['loss']} loss, beta {results['objective']['beta']}); {minutes:.1f} minutes in all "
+        f"on this machine.",
         f"Held-out: {results['sft_test_examples']} SFT test examples, {results['test_pairs']} test pairs, "
         f"{len(results['prompts'])} prompts sampled per model.", "",
         "| model | SFT test loss | SFT test perplexity | chosen more likely | preference accuracy | reward margin "
@@ -98,6 +113,7 @@ def write_report(out: Path, results: dict, curves: Path, minutes: float) -> Path
         "- *preference accuracy* and *reward margin*: DPO's implicit rewards beta * log(pi / pi_ref) on test pairs, "
         "against the SFT model as reference.",
         "- *horror-lexicon rate*: share of words in sampled stories that belong to the horror lexicon.", "",
+        *_training_table(stages, training),
         "## Curves", "",
         f"![SFT monitor and DPO rewards]({curves.relative_to(out).as_posix()})", "",
         "Loss curves: [base](base/plots/loss.png), [SFT](sft/plots/loss.png), [DPO](dpo/plots/loss.png).", "",
