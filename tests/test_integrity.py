@@ -320,3 +320,15 @@ def test_hand_edited_checkpoints_get_one_line(trained_run, tmp_path, capsys):
 def test_a_finished_run_holds_no_lock_and_leaves_no_lock_file(trained_run):
     assert not (trained_run / LOCK_FILE).exists()
     assert another_process_tries(trained_run) == "acquired"
+
+
+def test_an_export_carries_the_fingerprint_and_its_tokenizer_gives_the_same(trained_run, tmp_path):
+    from picolm.interop.export import export_run
+    from picolm.interop.hf import load_pretrained_tokenizer
+
+    out = tmp_path / "export"
+    export_run(trained_run, out)
+    fingerprint = load_tokenizer(trained_run / "tokenizer").fingerprint
+    assert json.loads((out / "config.json").read_text())["picolm_tokenizer_fingerprint"] == fingerprint
+    assert load_pretrained_tokenizer(str(out), local=True).fingerprint == fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no lock file or half-built folder beside it

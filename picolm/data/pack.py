@@ -11,9 +11,9 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from picolm.data.folder import new_data_folder
 from picolm.data.preparation import (SPLITS, PrepareOptions, build_tokenizer, check_ratios, default_tokenizer,
                                      encode_split, text_meta, with_defaults)
-from picolm.data.folder import new_data_folder
 from picolm.data.records import write_records
 from picolm.data.sources import SourceData, load_source
 from picolm.data.tokens import write_meta, write_tokens

@@ -44,13 +44,14 @@ def resolve(config: Config, task: str, tokenizer: Tokenizer, start: ModelConfig 
     fresh = start is None and not resume
     if fresh:
         check_fresh_model(config.model)
-    model = settings_on_start(start, config.model, config.given) if start is not None and not resume \
-        else start or config.model
+    model = start or config.model
     field = "train.init_from" if start is not None and config.train.init_from else "objective.kind"
     family = family_for(config.objective.kind, task, model, data=config.data.path, model_field=field)
-    if start is not None and not resume and not family.starts_from(start):
-        raise PicolmError(f"{family.title} starts from scratch or from a {family.kind} run, not from this model",
-                          field="train.init_from")
+    if start is not None and not resume:
+        if not family.starts_from(start):
+            raise PicolmError(f"{family.title} starts from scratch or from a {family.kind} run, not from this model",
+                              field="train.init_from")
+        model = settings_on_start(start, config.model, config.given)
     candidate = replace(config, model=model)
     notes = family.check(candidate, fresh)
     check_settings(config.objective, family)
