@@ -159,6 +159,7 @@ def run_quickstart(options: QuickstartOptions) -> dict:
     """Runs every stage; returns the evaluation of base, SFT and DPO models."""
     from picolm.analysis.curves import plot_post_training
     from picolm.eval.post_training import evaluate_stages, write_report
+    from picolm.locks import lock_folder
     from picolm.train.tracking import read_metrics
 
     started = time.perf_counter()
@@ -166,23 +167,24 @@ def run_quickstart(options: QuickstartOptions) -> dict:
     budgets = _budgets(options)
     eta = Eta(_plan(budgets))
     print(f"quickstart: {', '.join(f'{stage} {_describe(b)}' for stage, b in budgets.items())}; {eta.left()}")
-    data = out / "data"
-    stories = _prepare(data / "stories", "stories", vocab_size=2048)
-    sft_data = _prepare(data / "horror-sft", "horror-sft")
-    dpo_data = _prepare(data / "horror-dpo", "horror-dpo", num_sequences=DPO_PAIRS)
-    eta.finished("data", time.perf_counter() - started)
-    base = options.base or _train(eta, "pretraining", "stories-tiny.yaml", budgets["pretraining"], {
-        "data.path": str(stories), "train.device": device}, out / "base")
-    sft = _train(eta, "SFT", "horror-sft.yaml", budgets["SFT"], {
-        "data.path": str(sft_data), "train.init_from": str(base), "objective.monitor": str(dpo_data),
-        "train.device": device}, out / "sft")
-    dpo = _train(eta, "DPO", "horror-dpo.yaml", budgets["DPO"], {
-        "data.path": str(dpo_data), "train.init_from": str(sft), "train.device": device}, out / "dpo")
-    print(f"\n== evaluation on held-out specifications; {eta.left()}")
-    runs = {"base": Path(base), "sft": sft, "dpo": dpo}
-    results = evaluate_stages(runs, sft_data, dpo_data, samples=options.samples, device=device)
-    curves = plot_post_training(read_metrics(sft), read_metrics(dpo), out / "plots" / "curves.png")
-    minutes = (time.perf_counter() - started) / 60
-    report = write_report(out, results, curves, minutes=minutes, training=_summary(runs, budgets))
+    with lock_folder(out):  # one quickstart writes a folder at a time
+        data = out / "data"
+        stories = _prepare(data / "stories", "stories", vocab_size=2048)
+        sft_data = _prepare(data / "horror-sft", "horror-sft")
+        dpo_data = _prepare(data / "horror-dpo", "horror-dpo", num_sequences=DPO_PAIRS)
+        eta.finished("data", time.perf_counter() - started)
+        base = options.base or _train(eta, "pretraining", "stories-tiny.yaml", budgets["pretraining"], {
+            "data.path": str(stories), "train.device": device}, out / "base")
+        sft = _train(eta, "SFT", "horror-sft.yaml", budgets["SFT"], {
+            "data.path": str(sft_data), "train.init_from": str(base), "objective.monitor": str(dpo_data),
+            "train.device": device}, out / "sft")
+        dpo = _train(eta, "DPO", "horror-dpo.yaml", budgets["DPO"], {
+            "data.path": str(dpo_data), "train.init_from": str(sft), "train.device": device}, out / "dpo")
+        print(f"\n== evaluation on held-out specifications; {eta.left()}")
+        runs = {"base": Path(base), "sft": sft, "dpo": dpo}
+        results = evaluate_stages(runs, sft_data, dpo_data, samples=options.samples, device=device)
+        curves = plot_post_training(read_metrics(sft), read_metrics(dpo), out / "plots" / "curves.png")
+        minutes = (time.perf_counter() - started) / 60
+        report = write_report(out, results, curves, minutes=minutes, training=_summary(runs, budgets))
     print(f"\nreport: {report} ({minutes:.1f} minutes in all)")
     return results

@@ -245,6 +245,15 @@ def test_output_paths_with_missing_folders_are_accepted(verb, action, tmp_path, 
     assert action.type.describe() == "missing folders are made" and not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("verb, action", walk(lambda a: isinstance(a.type, OutputPath) and a.type.kind == "file"))
+def test_output_files_that_exist_are_replaced(verb, action, tmp_path, capsys):
+    """Writing a result again (eval --json twice) replaces the file."""
+    path = tmp_path / "out.json"
+    path.write_text("{}")
+    args, _ = outcome(argv(verb, action, str(path)), capsys)
+    assert args is not None and getattr(args, action.dest) == str(path)
+
+
 def test_prepare_and_eval_json_make_their_missing_folders(tmp_path, capsys):
     from picolm.cli.eval import write_json
 

@@ -141,7 +141,8 @@ class OutputPath:
             return "is a folder; name a file"
         if path.exists() and not path.is_dir() and self.kind == "folder":
             return "is a file; name a folder"
-        nearest = next(p for p in (path, *path.parents) if p.exists())  # '.' or '/' at the latest
+        own = (path,) if self.kind == "folder" else ()  # a file that exists is replaced: its folder is what counts
+        nearest = next(p for p in (*own, *path.parents) if p.exists())  # '.' or '/' at the latest
         if not nearest.is_dir():
             return f"{nearest} is a file, not a folder"
         if not os.access(nearest, os.W_OK | os.X_OK):
