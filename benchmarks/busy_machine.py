@@ -34,29 +34,16 @@ def worker(setting: str, steps: int) -> None:
     closes."""
     import torch
 
-    from picolm.config import ModelConfig, TrainConfig
-    from picolm.methods.next_token import NextToken
+    from common import training_step
+    from picolm.config import ModelConfig
     from picolm.models.build import build_model
-    from picolm.train.optim import build_optimizers
 
     if setting.isdigit():
         torch.set_num_threads(int(setting))
     torch.manual_seed(0)
     model = build_model(ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=2048,
                                     position="rope"))
-    optimizers = build_optimizers(model, TrainConfig(lr=1e-3), "cpu")
-    objective = NextToken()
-    x = torch.randint(0, 2048, (16, 257))
-    batch = {"input_ids": x[:, :-1], "targets": x[:, 1:]}
-
-    def step() -> None:
-        loss, _ = objective.loss(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for optimizer in optimizers:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+    step = training_step(model, batch_size=16, lr=1e-3)
     for _ in range(WARMUP_STEPS):
         step()
     print("ready", flush=True)

@@ -63,3 +63,26 @@ def generation_models():
     model = GPT(ModelConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=512,
                             position="learned")).eval()
     return model, to_gpt2(model)
+
+
+def training_step(model, batch_size: int, lr: float = 1e-4):
+    """One picolm training step on a fixed random batch (next-token loss, clipping, the AdamW step): what the
+    throughput benchmarks time."""
+    from picolm.config import TrainConfig
+    from picolm.methods.next_token import NextToken
+    from picolm.train.optim import build_optimizers
+
+    optimizers = build_optimizers(model, TrainConfig(lr=lr), "cpu")
+    objective = NextToken()
+    x = torch.randint(0, model.config.vocab_size, (batch_size, model.config.block_size + 1))
+    batch = {"input_ids": x[:, :-1], "targets": x[:, 1:]}
+
+    def step() -> None:
+        loss, _ = objective.loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step

@@ -40,8 +40,8 @@ from picolm.tokenizer import load_tokenizer
 from picolm.train.tracking import read_metrics
 
 TINY = ["--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
-        "--train.batch_size", "8", "--train.eval_every", "5", "--train.eval_batches", "2", "--train.checkpoint_every", "5",
-        "--log.progress", "false"]
+        "--train.batch_size", "8", "--train.eval_every", "5", "--train.eval_batches", "2",
+        "--train.checkpoint_every", "5", "--log.progress", "false"]
 
 
 def picolm(*args: str) -> list[str]:

@@ -10,11 +10,9 @@ import argparse
 
 import torch
 
-from common import interleaved, matmul_flops_per_second, median
-from picolm.config import ModelConfig, TrainConfig
+from common import interleaved, matmul_flops_per_second, median, training_step
+from picolm.config import ModelConfig
 from picolm.models.build import build_model
-from picolm.methods.next_token import NextToken
-from picolm.train.optim import build_optimizers
 
 CONFIGS = {
     "L4 H4 d256 T256 B16 V4096": dict(n_layer=4, n_head=4, n_embd=256, block_size=256, batch=16, vocab=4096),
@@ -26,20 +24,7 @@ def picolm_step(shape: dict):
     config = ModelConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
                          block_size=shape["block_size"], vocab_size=shape["vocab"], position="learned")
     model = build_model(config)
-    optimizers = build_optimizers(model, TrainConfig(lr=1e-4), "cpu")
-    objective = NextToken()
-    x = torch.randint(0, shape["vocab"], (shape["batch"], shape["block_size"] + 1))
-    batch = {"input_ids": x[:, :-1], "targets": x[:, 1:]}
-
-    def step():
-        loss, _ = objective.loss(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for optimizer in optimizers:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    return model, step
+    return model, training_step(model, shape["batch"])
 
 
 def hf_step(shape: dict):
