@@ -332,3 +332,19 @@ def test_an_export_carries_the_fingerprint_and_its_tokenizer_gives_the_same(trai
     assert json.loads((out / "config.json").read_text())["picolm_tokenizer_fingerprint"] == fingerprint
     assert load_pretrained_tokenizer(str(out), local=True).fingerprint == fingerprint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no lock file or half-built folder beside it
+
+
+def test_without_an_atomic_swap_two_renames_replace_the_folder_and_a_kill_between_them_is_undone(tmp_path,
+                                                                                                 monkeypatch):
+    import picolm.data.folder as folder
+
+    out = tmp_path / "data"
+    prepare(numeric(out, max_value=40), log=lambda *a: None)
+    monkeypatch.setattr(folder, "_exchange", lambda a, b: False)  # a system without renameat2
+    prepare(numeric(out, max_value=60), log=lambda *a: None)
+    assert load_meta(out)["options"]["max_value"] == 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    out.rename(tmp_path / ".data.old-99999")  # a kill between the two renames: only the old folder, moved aside
+    with pytest.raises(PicolmError):  # this prepare fails, but first puts the old folder back
+        prepare(numeric(out, max_value=60, split_ratios=(0.0, 0.0, 1.0)), log=lambda *a: None)
+    assert load_meta(out)["options"]["max_value"] == 60
