@@ -184,7 +184,7 @@ def export_trials(root: Path, trials: int, rng: random.Random) -> dict:
         problem = export_problem(target, fingerprint)
         if problem:
             problems.append(f"export trial {trial}: {problem}")
-        outcomes["hidden temporary folders left"] += len(list(root.glob(f".export-{trial}.tmp-*")))
+        outcomes["hidden temporary folders left"] += len(list(root.glob(f".export-{trial}.partial-*")))
     return {"outcomes": dict(outcomes), "problems": problems, "seconds_per_export": round(duration, 1)}
 
 

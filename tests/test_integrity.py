@@ -20,7 +20,7 @@ from picolm.data.pack import prepare
 from picolm.data.preparation import PrepareOptions
 from picolm.data.tokens import load_meta
 from picolm.errors import PicolmError
-from picolm.locks import LOCK_FILE, lock_beside, lock_folder
+from picolm.locks import LOCK_FILE, lock_folder
 from picolm.tokenizer import load_tokenizer
 
 HOLD_LOCK = """

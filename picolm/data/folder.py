@@ -1,4 +1,4 @@
-"""A data folder is built beside its target and renamed into place: a reader (or a `prepare` killed midway) sees the
+"""A data folder (or an export) is built beside its target and renamed into place: a reader (or a `prepare` killed midway) sees the
 old folder or the complete new one, never a mix of the two. The target is replaced only if it is a picolm data
 folder (it has meta.json) or empty; a folder holding anything else is the user's and is refused."""
 
@@ -33,7 +33,8 @@ def _siblings(target: Path, what: str) -> list[Path]:
     return sorted(target.parent.glob(f".{target.name}.{what}-*"))
 
 
-def _check_target(target: Path) -> None:
+def check_data_target(target: Path) -> None:
+    """A data folder may replace nothing, an empty folder or another data folder (it has meta.json)."""
     if target.exists() and not target.is_dir():
         raise PicolmError("exists and is not a directory", path=target)
     if target.is_dir() and not (target / "meta.json").is_file() and any(target.iterdir()):
@@ -66,14 +67,15 @@ def _replace(staging: Path, target: Path) -> None:
 
 
 @contextmanager
-def new_data_folder(target: str | Path):
-    """Yield an empty folder beside `target` to write into; on success it replaces `target` in one rename. Holds
-    `target`'s lock throughout, so two `prepare`s never write one folder."""
+def new_folder(target: str | Path, check=check_data_target):
+    """Yield an empty folder beside `target` to write into; on success it replaces `target` in one rename. `check`
+    refuses a target that may not be replaced. Holds `target`'s lock throughout, so two processes never write one
+    folder."""
     target = Path(target)
-    _check_target(target)
+    check(target)
     with lock_beside(target):
         _recover(target)
-        _check_target(target)
+        check(target)
         staging = _sibling(target, "partial")
         try:
             staging.mkdir()
@@ -82,3 +84,8 @@ def new_data_folder(target: str | Path):
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def new_data_folder(target: str | Path):
+    """`new_folder` for `prepare`: it replaces an earlier data folder, never a folder of the user's files."""
+    return new_folder(target, check_data_target)

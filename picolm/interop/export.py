@@ -11,16 +11,14 @@ Beside the weights go generation_config.json and a fast tokenizer that encodes t
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from picolm.data.folder import new_folder
 from picolm.errors import PicolmError
 from picolm.interop.convert import (gpt2_config_problems, llama_config_problems, neox_config_problems, to_gpt2,
                                     to_llama, to_neox)
 from picolm.loading import load_model
-from picolm.locks import lock_beside
 from picolm.tokenizer import SymbolTokenizer, Tokenizer
 
 FORMATS = ("hf",)
@@ -109,17 +107,9 @@ def export_run(target: str | Path, out_dir: str | Path, fmt: str = "hf") -> Expo
                           field="--format") from None
     hf = hf_model_for(loaded.model, loaded.tokenizer)
     hf.config.picolm_tokenizer_fingerprint = loaded.tokenizer.fingerprint  # the export's tokenizer.json gives it too
-    with lock_beside(out):  # one export into a folder at a time; one killed midway left only its hidden folder
-        _check_empty(out)
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        try:
-            hf.save_pretrained(tmp)
-            hf_tokenizer(loaded.tokenizer, loaded.model.config.block_size).save_pretrained(tmp)
-            _name_tokenizer_class(tmp / "tokenizer_config.json")
-            files = sorted(p.name for p in tmp.iterdir())
-            os.replace(tmp, out)  # an empty out_dir is replaced
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with new_folder(out, check=_check_empty) as tmp:  # one export at a time; a kill leaves no half-written folder
+        hf.save_pretrained(tmp)
+        hf_tokenizer(loaded.tokenizer, loaded.model.config.block_size).save_pretrained(tmp)
+        _name_tokenizer_class(tmp / "tokenizer_config.json")
+        files = sorted(p.name for p in tmp.iterdir())
     return Exported(out, type(hf).__name__, files)
