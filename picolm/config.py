@@ -203,13 +203,14 @@ class ModelConfig:
         refuse_failed(checks, "model.")
 
 
-# Parameter counts in the comments exclude the token embedding (it depends on the vocabulary).
+# The sizes of the diffusion pipeline (aaholmes/diffusion-llm), whose users know them: the MLP is 4 x n_embd wide (d_ff
+# 1536, 2048, 3072, 4096). Parameter counts with a 32k vocabulary and tied embeddings; tiny's with the stories' 2k.
 PRESETS: dict[str, dict] = {
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),  # ~0.8M
-    "small": dict(n_layer=8, n_head=8, n_embd=512, block_size=512),  # ~25M
-    "medium": dict(n_layer=10, n_head=10, n_embd=640, block_size=1024),  # ~50M
-    "large": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # ~85M; 124M with GPT-2's vocabulary
-    "xl": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # ~300M
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),  # ~1M
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=512),  # ~23M (~25M)
+    "medium": dict(n_layer=8, n_head=8, n_embd=512, block_size=1024),  # ~42M (~50M untied)
+    "large": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # ~110M; 124M with GPT-2's vocabulary
+    "xl": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # ~335M
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, dropout=0.0,
                  bias=True, position="learned", mlp="gelu", attention="softmax"),
     "gpt2-dropout": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, dropout=0.1,

@@ -187,11 +187,19 @@ def test_sequence_longer_than_the_position_table_is_refused():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
-def test_presets_have_the_advertised_sizes():
+def test_presets_have_the_diffusion_pipelines_shapes_and_sizes():
+    """small 6 x 384 x 6, medium 8 x 512 x 8, large 12 x 768 x 12, xl 24 x 1024 x 16, d_ff 4 x wide; about
+    25M/50M/125M/300M parameters with a 32k vocabulary (built on the meta device: no memory)."""
     from picolm.config import PRESETS
 
-    expected = {"small": 25e6, "medium": 50e6, "large": 85e6, "xl": 300e6}
-    for name, size in expected.items():
+    shapes = {"small": (6, 384, 6, 1536), "medium": (8, 512, 8, 2048), "large": (12, 768, 12, 3072),
+              "xl": (24, 1024, 16, 4096)}
+    sizes = {"small": 25e6, "medium": 50e6, "large": 125e6, "xl": 300e6}
+    for name, (layers, width, heads, d_ff) in shapes.items():
         p = PRESETS[name]
-        non_embedding = 12 * p["n_layer"] * p["n_embd"] ** 2
-        assert abs(non_embedding - size) / size < 0.05, name
+        assert (p["n_layer"], p["n_embd"], p["n_head"]) == (layers, width, heads), name
+        with torch.device("meta"):
+            model = GPT(ModelConfig(**p, vocab_size=32768))
+        assert model.blocks[0].mlp.fc.out_features == d_ff
+        total = sum(t.numel() for t in model.parameters())
+        assert abs(total - sizes[name]) / sizes[name] < 0.2, (name, total)
