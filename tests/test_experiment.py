@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from picolm.analysis.experiment import BUILT_IN, load_experiment
 from picolm.cli import main
@@ -170,3 +171,32 @@ def test_every_family_is_compared_in_one_vocabulary_with_its_samples(numeric_dat
     header = next(line for line in report.splitlines() if line.startswith("| run |"))
     assert "generation/distinct_2" in header and "generation/self_bleu" in header and "sample length" in header
     assert "upper bound" in report and "not a bound" in report  # what mdlm's and sdd's perplexities are
+
+
+def test_the_report_shows_the_settings_each_run_trained_with_after_overrides(numeric_data, tmp_path):
+    recipe = write(tmp_path, TINY_RECIPE.split("analyze:")[0])  # training and evaluation only
+    out = tmp_path / "out"
+    assert main(["compare", str(recipe), "--out", str(out), "--data", str(numeric_data), "--train.max_steps", "3",
+                 "--model.preset", "tiny", "--model.n_embd", "48"]) == 0
+    saved = yaml.safe_load((out / "runs" / "linear" / "config.yaml").read_text())
+    # the recipe's own n_layer, n_head and block_size win over the preset's; the command line's n_embd over both
+    assert saved["train"]["max_steps"] == 3 and saved["model"]["n_layer"] == 1 and saved["model"]["n_embd"] == 48
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["train.max_steps"] == 3 and results["settings"]["train.batch_size"] == 8
+    shown = {key: results["settings"][key] for key in ("model.n_layer", "model.n_head", "model.n_embd",
+                                                       "model.block_size")}
+    assert shown == {f"model.{key}": saved["model"][key] for key in ("n_layer", "n_head", "n_embd", "block_size")}
+    assert all(run["steps"] == 3 for run in results["runs"].values())
+    report = (out / "table.md").read_text()
+    line = next(line for line in report.splitlines() if line.startswith("Data:"))
+    assert "train.max_steps=3," in line and "max_steps=6" not in line and "model.n_embd=48," in line
+    assert "model.preset" not in line  # a preset is shown as the fields it set
+
+
+def test_finished_runs_are_compared_with_the_settings_that_set_them_apart(experiment, tmp_path, capsys):
+    out, _ = experiment
+    assert main(["compare", str(out / "runs" / "softmax"), str(out / "runs" / "linear"), "--out",
+                 str(tmp_path / "c")]) == 0
+    table = capsys.readouterr().out
+    assert "| run | settings | steps |" in table
+    assert "| softmax | model.attention=softmax | 6 |" in table and "| linear | model.attention=linear | 6 |" in table

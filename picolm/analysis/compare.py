@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from picolm.analysis.curves import pyplot, save_figure
+from picolm.analysis.curves import loss_figure, read_histories, save_figure
 from picolm.errors import PicolmError
-from picolm.train.tracking import read_metrics
 
 SHOWN = ("val/loss", "val/perplexity", "val/perplexity_bound", "val/accuracy", "val/masked_accuracy", "val/ignore_acc",
          "val/rewards/accuracies", "val/rewards/margins")
@@ -34,7 +33,8 @@ def _cell(value) -> str:
 
 def markdown_table(summaries: dict[str, dict], notes: dict[str, str] | None = None) -> str:
     """The table, then what each run's loss and perplexity are where its family says they are not the usual."""
-    columns = [c for c in ("steps", "train/loss", *SHOWN, "best val/loss") if any(c in s for s in summaries.values())]
+    columns = [c for c in ("settings", "steps", "train/loss", *SHOWN, "best val/loss")
+               if any(c in s for s in summaries.values())]
     lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(_cell(s.get(c)) for c in columns) + " |" for name, s in summaries.items()]
     if notes:
@@ -42,52 +42,45 @@ def markdown_table(summaries: dict[str, dict], notes: dict[str, str] | None = No
     return "\n".join(lines)
 
 
-def family_note(run: Path) -> str | None:
-    """The note of the family the run trained (from its config.yaml), if it has one."""
+def saved_config(run: Path):
+    """The run's config.yaml; None where it has none (or an unreadable one): its metrics are compared all the same."""
     from picolm.config import load_config
-    from picolm.methods import FAMILIES, family_of
 
     try:
-        config = load_config(run / "config.yaml")
-    except (OSError, PicolmError):  # no config (or an unreadable one): the metrics are compared all the same
+        return load_config(run / "config.yaml")
+    except (OSError, PicolmError):
         return None
+
+
+def family_note(config) -> str | None:
+    """The note of the family the run trained, if it has one."""
+    from picolm.methods import FAMILIES, family_of
+
     return FAMILIES.get(config.objective.kind, family_of(config.model)).note
 
 
-def plot_runs(histories: dict[str, list[dict]], path: Path, title: str = "runs compared") -> Path:
-    """Validation loss (and the training loss, thin) of every run against step."""
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(8, 4.6), dpi=120)
-    for i, (name, rows) in enumerate(histories.items()):
-        color = f"C{i % 10}"
-        train = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
-        val = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
-        if train:
-            ax.plot(*zip(*train), color=color, linewidth=0.8, alpha=0.35)
-        if val:
-            ax.plot(*zip(*val), "o-", color=color, linewidth=1.6, markersize=3, label=name)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (validation: markers; training: thin)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_figure(fig, path)
+def differing_settings(configs: dict[str, object]) -> dict[str, str]:
+    """Per run, the settings its config.yaml holds (as trained, after every override) with values that differ between
+    the runs, as `model.attention=linear, ...`; the log section names the run, it changes nothing learned."""
+    flat = {name: {f"{section}.{key}": value for section, values in config.to_dict().items() if section != "log"
+                   for key, value in values.items()} for name, config in configs.items()}
+    if len(flat) < 2:
+        return {}
+    keys = [key for key in next(iter(flat.values())) if len({repr(f.get(key)) for f in flat.values()}) > 1]
+    return {name: ", ".join(f"{key}={f[key]}" for key in keys) for name, f in flat.items()} if keys else {}
 
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path) -> tuple[str, Path]:
     """Write OUT/compare.md (the table and the plot) and OUT/compare.png; returns the table and the report."""
-    histories = {}
-    for run in map(Path, run_dirs):
-        rows = read_metrics(run)
-        if not rows:
-            raise PicolmError("no metrics.jsonl here: not a run directory, or a run that logged nothing", path=run)
-        name = run.name if run.name not in histories else str(run)
-        histories[name] = rows
+    histories = read_histories(run_dirs)
     out = Path(out)
-    notes = {name: note for name, run in zip(histories, map(Path, run_dirs)) if (note := family_note(run))}
-    table = markdown_table({name: final_metrics(rows) for name, rows in histories.items()}, notes)
-    plot = plot_runs(histories, out / "compare.png")
+    configs = {name: config for name, run in zip(histories, map(Path, run_dirs)) if (config := saved_config(run))}
+    notes = {name: note for name, config in configs.items() if (note := family_note(config))}
+    summaries = {name: final_metrics(rows) for name, rows in histories.items()}
+    for name, settings in differing_settings(configs).items():
+        summaries[name]["settings"] = settings
+    table = markdown_table(summaries, notes)
+    plot = save_figure(loss_figure(histories, "runs compared"), out / "compare.png")
     report = out / "compare.md"
     report.write_text(f"# Runs compared\n\n{table}\n\n![loss curves]({plot.name})\n", encoding="utf-8")
     return table, report

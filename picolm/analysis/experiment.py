@@ -169,6 +169,23 @@ def _train_run(name: str, config, run_dir: Path) -> Path:
     return train_stage(name, config, run_dir)
 
 
+def as_trained(settings: dict[str, object], config) -> dict[str, object]:
+    """The values a run trained with (its resolved config: the recipe, then the run's settings, then the command
+    line's) of the settings named; a preset, which is no setting of its own, as the fields it sets."""
+    from picolm.config import PRESETS
+
+    keys = [name for key, value in settings.items()
+            for name in ([f"model.{field}" for field in PRESETS[value]] if key == "model.preset" else [key])]
+    resolved = config.to_dict()
+    return {key: resolved[key.split(".")[0]][key.split(".", 1)[1]] for key in dict.fromkeys(keys)}
+
+
+def shared_settings(trained: dict[str, dict]) -> dict[str, object]:
+    """Of the settings the recipe and the command line give every run, those all runs trained with the same value."""
+    first, *others = trained.values()
+    return {key: value for key, value in first.items() if all(o.get(key) == value for o in others)}
+
+
 def sampling(experiment: Experiment, model):
     """The recipe's sampling settings (`samples`) for this model: `steps` only where its sampler reads them, so one
     recipe samples every family."""
@@ -232,7 +249,7 @@ def run_experiment(experiment: Experiment, out: str | Path | None = None, overri
                    data_dir: str | Path | None = None, device: str = "auto", log=print) -> Path:
     """Prepare, train, evaluate, sample and analyse every run; write table.md, results.json and curves.png.
     Returns the report. An interrupted experiment picks up where it stopped when run again."""
-    from picolm.config import build_config
+    from picolm.config import build_config, load_config
     from picolm.data.tokens import load_meta
     from picolm.loading import load_model
     from picolm.locks import lock_folder
@@ -244,15 +261,19 @@ def run_experiment(experiment: Experiment, out: str | Path | None = None, overri
     with lock_folder(out):  # one compare writes a folder at a time
         data = Path(data_dir) if data_dir else prepare_data(experiment, out / "data", log)
         load_meta(data)
-        results = {}
+        every_run = {**experiment.recipe, **(overrides or {})}  # the settings given to all runs
+        results, every_run_trained = {}, {}
         for name, settings in experiment.runs.items():
             config = build_config(None, {**experiment.recipe, **settings, **(overrides or {}), "data.path": str(data),
                                          "train.device": device})
             run_dir = _train_run(name, config, out / "runs" / name)
+            trained = load_config(run_dir / "config.yaml")
+            own = as_trained(settings, trained)
+            every_run_trained[name] = {k: v for k, v in as_trained(every_run, trained).items() if k not in own}
             checkpoint = run_dir / "checkpoints" / "last.pt"
             log(f"evaluating {name}")
             loaded = load_model(checkpoint, device=device)
-            entry = {"settings": settings, "parameters": loaded.model.num_params(),
+            entry = {"settings": own, "parameters": loaded.model.num_params(),
                      "steps": loaded.checkpoint["global_step"], "tokens_seen": loaded.checkpoint["tokens_seen"],
                      "train_minutes": loaded.checkpoint["elapsed_seconds"] / 60}
             entry["metrics"] = evaluate_run(experiment, loaded, device)
@@ -261,7 +282,10 @@ def run_experiment(experiment: Experiment, out: str | Path | None = None, overri
             if experiment.analyze:
                 entry["analysis"] = analyze_checkpoint(experiment, checkpoint, run_dir / "analysis", device, log)
             results[name] = entry
-        return write_report(experiment, out, data, results, (time.perf_counter() - started) / 60)
+        shared = shared_settings(every_run_trained)
+        for name, entry in results.items():  # a value that ended different in one run is that run's own
+            entry["settings"].update({k: v for k, v in every_run_trained[name].items() if k not in shared})
+        return write_report(experiment, out, data, shared, results, (time.perf_counter() - started) / 60)
 
 
 def _cell(value) -> str:
@@ -316,20 +340,23 @@ def kind_tables(experiment: Experiment, results: dict) -> list[str]:
     return tables
 
 
-def write_report(experiment: Experiment, out: Path, data: Path, results: dict, minutes: float) -> Path:
-    from picolm.analysis.compare import plot_runs
+def write_report(experiment: Experiment, out: Path, data: Path, shared: dict, results: dict, minutes: float) -> Path:
+    """table.md, results.json and curves.png; `shared`: the settings every run trained with, as its config.yaml has
+    them."""
+    from picolm.analysis.curves import loss_figure, save_figure
     from picolm.data.tokens import load_meta
     from picolm.train.tracking import read_metrics
 
     meta = load_meta(data)
-    curves = plot_runs({name: read_metrics(out / "runs" / name) for name in results}, out / "curves.png",
-                       title=experiment.title)
-    (out / "results.json").write_text(json.dumps({"title": experiment.title, "data": str(data), "runs": results},
-                                                 indent=1), encoding="utf-8")
+    curves = save_figure(loss_figure({name: read_metrics(out / "runs" / name) for name in results},
+                                     title=experiment.title), out / "curves.png")
+    (out / "results.json").write_text(json.dumps({"title": experiment.title, "data": str(data), "settings": shared,
+                                                  "runs": results}, indent=1), encoding="utf-8")
     parts = [f"# {experiment.title}", experiment.description,
              f"Data: `{data}` (source {meta['source']}, {meta['tokenizer']} tokenizer, vocabulary of "
              f"{meta['vocab_size']}, {meta['splits']['train']['tokens']:,} training tokens). "
-             f"Shared recipe: {_settings_text(experiment.recipe)}. "
+             f"Every run trained with: {_settings_text(shared)} (the recipe's settings after the command line's, "
+             f"from each run's config.yaml; a preset as the fields it sets). "
              f"Metrics are those of each run's last checkpoint, so every run is compared at the same step count. "
              f"Written by `picolm compare {experiment.path}` in {minutes:.1f} minutes.",
              "## Results", results_table(experiment, results)]

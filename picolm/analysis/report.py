@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from picolm.analysis.curves import plot_loss
+from picolm.analysis.curves import run_figures, save_figure
 from picolm.eval.samples import document_openings, write_samples
 from picolm.train.tracking import read_metrics
 
@@ -19,11 +19,15 @@ def sample_prompts(trainer, count: int) -> list[list[int]]:
 
 
 def finish_run(trainer, result) -> None:
-    """Plots and samples for a finished run, then a short summary (by rank 0 alone under torchrun)."""
+    """Plots (plots/*.png, and TensorBoard's `figures/*` where it logs) and samples for a finished run, then a short
+    summary (by rank 0 alone under torchrun)."""
     if not trainer.distributed.is_main:
         return
     run_dir = result.run_dir
-    plot_loss(read_metrics(run_dir), run_dir / "plots" / "loss.png", title=f"{run_dir.name}: loss")
+    figures = run_figures({run_dir.name: read_metrics(run_dir)}, title=f"{run_dir.name}: loss")
+    trainer.tracker.add_figures(figures, result.global_step)
+    for name, figure in figures.items():
+        save_figure(figure, run_dir / "plots" / f"{name}.png")
     t = trainer.config.train
     if trainer.distributed.sharded:  # rank 0 holds a shard of each weight: sample from the checkpoint instead
         samples = []

@@ -151,6 +151,13 @@ class Tracker:
         for backend in self.backends:
             backend.log_histogram(step, name, values)
 
+    def add_figures(self, figures: dict[str, object], step: int) -> None:
+        """Figures drawn from the finished run (matplotlib, by name) to TensorBoard as `figures/<name>`; W&B's run
+        has finished with the training and takes none."""
+        for backend in self.backends:
+            if isinstance(backend, TensorBoardBackend):
+                backend.add_figures(figures, step)
+
     def write_csv(self) -> None:
         columns = ["step"] + sorted({k for r in self.rows for k in r} - {"step"})
         tmp = self.run_dir / "metrics.csv.tmp"
@@ -190,6 +197,12 @@ class TensorBoardBackend:
 
     def log_histogram(self, step: int, name: str, values: torch.Tensor) -> None:
         self.writer.add_histogram(name, values, step)
+
+    def add_figures(self, figures: dict[str, object], step: int) -> None:
+        """After training: the closed writer opens a second event file in the run's folder, closed again here."""
+        for name, figure in figures.items():
+            self.writer.add_figure(f"figures/{name}", figure, step, close=False)
+        self.writer.close()
 
     def close(self) -> None:
         self.writer.close()

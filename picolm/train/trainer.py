@@ -306,8 +306,9 @@ class Trainer:
         return {**metrics, **self.family.probe(self.model, self.objective, self.device, self.autocast)}
 
     def fit(self) -> TrainResult:
-        tracker = (Tracker(self.run_dir, self.config, resume_step=self.global_step if self.global_step else None)
-                   if self.distributed.is_main else QuietTracker())
+        # kept for the figures drawn from the finished run (picolm/analysis/report.py)
+        self.tracker = tracker = (Tracker(self.run_dir, self.config, resume_step=self.global_step or None)
+                                  if self.distributed.is_main else QuietTracker())
         progress = self._progress_bar(self.total_steps())
         self.model.train()
         start_step = self.global_step
