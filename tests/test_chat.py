@@ -1,5 +1,6 @@
-"""Chat: the terminal loop and its transcripts, and the web page with its streamed replies (in headless
-Chromium where the machine has it; CI installs it and sets PICOLM_REQUIRE_BROWSER=1)."""
+"""Chat: the terminal loop, its conversation (earlier turns in the prompt, the oldest dropped to fit, /reset), the
+replies' seeds and the transcripts, and the web page with its streamed replies and per-page conversations (in
+headless Chromium where the machine has it; CI installs it and sets PICOLM_REQUIRE_BROWSER=1)."""
 
 import html
 import http.client
@@ -9,8 +10,10 @@ import os
 import re
 import shutil
 import socket
+import string
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -21,15 +24,20 @@ import torch
 from picolm.chat import web
 from picolm.chat.limits import ServeLimits
 from picolm.chat.scheduler import Scheduler
-from picolm.chat.session import ChatSession, fine_tuned
-from picolm.chat.terminal import chat_loop
+from picolm.chat.session import CLEARED, ChatSession, Conversation, Turn, fine_tuned
+from picolm.chat.terminal import HELP, chat_loop
 from picolm.chat.web import host_allowed, make_server
 from picolm.cli import main
-from picolm.config import SamplingOptions
+from picolm.config import ModelConfig, SamplingOptions
+from picolm.data.examples import encode_sft
+from picolm.data.records import render_instruction
 from picolm.errors import PicolmError
-from picolm.loading import load_model
+from picolm.loading import LoadedModel, load_model
+from picolm.models.gpt import GPT
+from picolm.tokenizer import char_tokenizer
 
 OPTIONS = SamplingOptions(max_new_tokens=12, temperature=0.0)
+DONE = ("done", {"seed": 0})  # a message answered on its own: its reply's seed is the session's (0) + 0
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
@@ -48,12 +56,38 @@ def expected_reply(session, message: str, options=OPTIONS) -> str:
     return session.generator.complete([session.prompt_for(message)], options)[0]
 
 
+def ids(session, *texts: str) -> list[int]:
+    """The token ids of these texts, one after another."""
+    return [i for text in texts for i in session.loaded.tokenizer.encode(text)]
+
+
+def talk(session, *messages: str) -> str:
+    """What the terminal shows for these messages, typed one after another."""
+    typed, shown = iter(messages), []
+    chat_loop(session, read=lambda prompt: next(typed), write=shown.append)
+    return "".join(shown)
+
+
+def prompts_given(session, monkeypatch) -> list[list[int]]:
+    """The prompt ids the session's sampler is given, reply after reply."""
+    prompts, real = [], session.generator.sampler.steps
+
+    def steps(model, batch, *args, **kwargs):
+        prompts.append(list(batch[0]))
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(session.generator.sampler, "steps", steps)
+    return prompts
+
+
+def seeds(transcript: Path) -> list[int]:
+    return [int(seed) for seed in re.findall(r"^# (?:conversation \d+, )?seed (\d+)$", transcript.read_text(), re.M)]
+
+
 def test_terminal_chat_streams_replies_and_saves_the_transcript(session, tmp_path):
-    messages = iter(["3 4 5", "", "10 20 30", "quit", "never read"])
-    shown = []
-    chat_loop(session, read=lambda prompt: next(messages), write=shown.append)
-    text = "".join(shown)
-    first, second = expected_reply(session, "3 4 5"), expected_reply(session, "10 20 30")
+    text = talk(session, "3 4 5", "", "10 20 30", "quit", "never read")
+    first = expected_reply(session, "3 4 5")
+    second = session.generator.complete([ids(session, "3 4 5", first, "10 20 30")], OPTIONS)[0]  # the first turn too
     assert first.strip() and second.strip() and first != second
     assert f"model> {first}\n" in text and f"model> {second}\n" in text
     folders = list((tmp_path / "chats").iterdir())
@@ -61,8 +95,115 @@ def test_terminal_chat_streams_replies_and_saves_the_transcript(session, tmp_pat
     transcript = (folders[0] / "transcript.txt").read_text()
     settings = json.loads(transcript.splitlines()[0].removeprefix("# settings: "))
     assert settings["template"] == "none" and settings["max_new_tokens"] == 12 and settings["temperature"] == 0.0
-    assert f"you> 3 4 5\nmodel> {first.strip()}" in transcript and "you> 10 20 30" in transcript
+    assert f"# seed 0\nyou> 3 4 5\nmodel> {first.strip()}\n" in transcript
+    assert f"# seed 1\nyou> 10 20 30\nmodel> {second.strip()}\n" in transcript
     assert "never read" not in transcript and f"transcript: {folders[0] / 'transcript.txt'}" in text
+
+
+def test_the_prompt_of_a_turn_holds_the_turns_before_it(session, tmp_path, monkeypatch):
+    session = ChatSession(session.loaded, replace(OPTIONS, max_new_tokens=4), chats_dir=tmp_path)
+    prompts = prompts_given(session, monkeypatch)
+    text = talk(session, "3 4", "5 6", "7 8", "exit")
+    replies = [turn.reply for turn in session.conversation.turns]
+    assert len(replies) == 3 and all(r.strip() for r in replies) and "dropped" not in text
+    assert all(f"model> {r}\n" in text for r in replies)
+    assert prompts == [ids(session, "3 4"), ids(session, "3 4", replies[0], "5 6"),
+                       ids(session, "3 4", replies[0], "5 6", replies[1], "7 8")]
+
+
+def test_instruction_turns_are_the_training_examples_they_were(tmp_path):
+    """A fine-tuned model's earlier turns are in the prompt as SFT encoded its training examples: the instruction
+    template, the response, EOS."""
+    tokenizer = char_tokenizer([string.ascii_letters + string.punctuation + " \n"])
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=256, vocab_size=tokenizer.vocab_size)).eval()
+    chat = ChatSession(LoadedModel(model, tokenizer, {"task": "sft"}, tmp_path / "char"),
+                       SamplingOptions(max_new_tokens=8), chats_dir=tmp_path)
+    assert chat.template == "instruction"
+    turns = [Turn("Hi.", "Hello!", 5), Turn("Your name?", "Pico.", 6)]
+    request = chat.request("Why?", Conversation(turns=list(turns)))
+    examples = encode_sft([{"prompt": render_instruction(t.message), "response": t.reply} for t in turns], tokenizer,
+                          block_size=256)
+    trained = [int(i) for p, r in zip(examples.prompts, examples.responses) for i in [*p, *r]]
+    assert request.prompt == trained + tokenizer.encode(render_instruction("Why?")) and not request.dropped
+    assert tokenizer.decode(request.prompt) == ("### Instruction:\nHi.\n\n### Response:\nHello!<|endoftext|>"
+                                                "### Instruction:\nYour name?\n\n### Response:\nPico.<|endoftext|>"
+                                                "### Instruction:\nWhy?\n\n### Response:\n")
+
+
+def test_a_long_conversation_drops_its_oldest_turns_and_says_so(session, tmp_path, monkeypatch):
+    new_tokens, block_size = 6, session.loaded.model.config.block_size
+    session = ChatSession(session.loaded, replace(OPTIONS, max_new_tokens=new_tokens), chats_dir=tmp_path)
+    prompts = prompts_given(session, monkeypatch)
+    messages = ["1 2 3", "4 5 6", "7 8 9", "10 11 12 13 14 15 16 17 18 19", "20 21", "22 23", "24 25", "26 27"]
+    text = talk(session, *messages, "exit")
+    replies = re.findall(r"^model> (.*)$", text, re.M)
+    assert len(replies) == len(messages) and len(prompts) == len(messages)
+    first, notices = 0, []  # the oldest turn still in the conversation, and the drops the user should be told of
+    for n, (message, prompt) in enumerate(zip(messages, prompts)):
+        turns = [ids(session, m, r) for m, r in zip(messages[:n], replies[:n])]
+        start = next(j for j in range(first, n + 1) if sum(map(len, turns[j:])) + len(ids(session, message)) <=
+                     block_size - new_tokens)
+        if start > first:
+            notices.append(start - first)
+        first = start
+        assert prompt == [i for turn in turns[start:] for i in turn] + ids(session, message)
+        assert len(prompt) + new_tokens <= block_size
+    assert len(notices) >= 2 and max(notices) >= 2  # both "the oldest turn" and "the N oldest turns" were said
+    said = re.findall(r"^\(dropped the (\d+ )?oldest turns? to fit the 32-token context\)\nmodel> ", text, re.M)
+    assert [int(n or 1) for n in said] == notices
+    assert text.count("(dropped") == len(notices)
+    transcript = session.transcript.read_text()
+    assert transcript.count("# dropped the") == len(notices) and seeds(session.transcript) == list(range(len(messages)))
+
+
+def test_a_message_longer_than_the_context_keeps_its_end(session, tmp_path):
+    warned = []
+    chat = ChatSession(session.loaded, replace(OPTIONS, max_new_tokens=100), chats_dir=tmp_path, warn=warned.append)
+    message = " ".join(str(i) for i in range(20))
+    request = chat.request(message, Conversation(turns=[Turn("3 4 5", "6 7", 0)]))
+    assert request.prompt == ids(chat, message)[-16:] and len(request.dropped) == 1  # 32 less the reply's room: half
+    assert warned == ["the message has 20 tokens, more than the 16 the context leaves beside the reply; keeping its "
+                      "last 16"]
+
+
+def test_reset_clears_the_conversation_and_help_lists_it(session, tmp_path, monkeypatch):
+    session = ChatSession(session.loaded, replace(OPTIONS, temperature=1.0, seed=7), chats_dir=tmp_path)
+    prompts = prompts_given(session, monkeypatch)
+    text = talk(session, "/help", "3 4 5", "10 20", "/reset", "3 4 5", "/nope", "hello", "/quit")
+    assert HELP in text and "/reset" in HELP and "(unknown command /nope; /help lists the commands)" in text
+    assert "('hello' is not in the numeric vocabulary)\n" in text  # said, and the chat goes on
+    assert f"\n{CLEARED}\n" in text and len(prompts) == 3 and prompts[2] == prompts[0] == ids(session, "3 4 5")
+    replies = re.findall(r"^model> (.*)$", text, re.M)
+    assert replies[0] == replies[2] and replies[0].strip()  # the same seed again (7 + 0) on the same prompt
+    assert seeds(session.transcript) == [7, 8, 7]
+    assert "# conversation cleared (/reset)" in session.transcript.read_text()
+    assert session.conversation.turns == [Turn("3 4 5", replies[2], 7)]
+
+
+def test_replies_get_fresh_seeds_recorded_in_the_transcript(session, tmp_path):
+    options, recorded = replace(OPTIONS, temperature=1.0, seed=None), []
+    for name in ("one", "two"):
+        chat = ChatSession(session.loaded, options, chats_dir=tmp_path / name)
+        talk(chat, "3 4 5", "10 20", "exit")
+        assert json.loads(chat.transcript.read_text().splitlines()[0].removeprefix("# settings: "))["seed"] is None
+        recorded += seeds(chat.transcript)
+        first, second = chat.conversation.turns  # each reply is what its recorded seed samples
+        assert first.reply == chat.generator.complete([ids(chat, "3 4 5")], replace(options, seed=first.seed))[0]
+        assert second.reply == chat.generator.complete([ids(chat, "3 4 5", first.reply, "10 20")],
+                                                       replace(options, seed=second.seed))[0]
+    assert len(recorded) == 4 and len(set(recorded)) == 4
+
+
+def test_a_seed_repeats_the_replies(session, tmp_path):
+    options, shown = replace(OPTIONS, temperature=1.0, seed=2**32 - 2), []
+    for name in ("one", "two", "three"):
+        chat = ChatSession(session.loaded, options if name != "three" else replace(options, seed=5),
+                           chats_dir=tmp_path / name)
+        shown.append(talk(chat, "3 4 5", "10 20", "30 40", "exit").replace(str(chat.transcript), ""))
+        if name == "one":
+            assert seeds(chat.transcript) == [2**32 - 2, 2**32 - 1, 0]  # S + turn index, mod 2**32
+    assert shown[0] == shown[1] and shown[0] != shown[2]
 
 
 def test_end_of_input_leaves_the_chat(session):
@@ -83,12 +224,16 @@ def test_fine_tuned_runs_get_the_instruction_template(session):
 
 
 def test_the_chat_command_runs_in_the_terminal(trained_run, tmp_path, monkeypatch, capsys):
-    messages = iter(["3 4 5", "exit"])
-    monkeypatch.setattr("builtins.input", lambda prompt="": next(messages))
-    assert main(["chat", str(trained_run), "--chats-dir", str(tmp_path / "chats"), "--temperature", "0",
-                 "--max-new-tokens", "5"]) == 0
-    assert "model> " in capsys.readouterr().out
-    assert len(list((tmp_path / "chats").glob("*/transcript.txt"))) == 1
+    said = {}
+    for name, seed in (("one", ["--seed", "9"]), ("two", ["--seed", "9"]), ("fresh", [])):
+        messages = iter(["3 4 5", "6 7", "exit"])
+        monkeypatch.setattr("builtins.input", lambda prompt="": next(messages))
+        assert main(["chat", str(trained_run), "--chats-dir", str(tmp_path / name), "--temperature", "1",
+                     "--max-new-tokens", "5", *seed]) == 0
+        said[name] = capsys.readouterr().out.split("transcript: ")[0]
+        transcript, = (tmp_path / name).glob("*/transcript.txt")
+        assert said[name].count("model> ") == 2 and (seeds(transcript) == [9, 10]) == bool(seed)
+    assert said["one"] == said["two"]
 
 
 @pytest.fixture
@@ -213,11 +358,69 @@ def test_other_hosts_are_allowed_as_the_host_option_says():
 
 def test_replies_stream_as_server_sent_events(server, session):
     stream = events(server + "/reply?message=3+4+5&max_new_tokens=8&temperature=0")
-    assert stream[-1] == ("done", {})
+    assert stream[-1] == DONE
     pieces = [data["text"] for name, data in stream if name == "message"]
     assert len(pieces) > 1
     assert "".join(pieces) == expected_reply(session, "3 4 5", SamplingOptions(max_new_tokens=8, temperature=0.0))
     assert session.transcript.exists()
+
+
+def open_page(server: str) -> str:
+    """The conversation id of a newly opened page."""
+    page = urllib.request.urlopen(server + "/", timeout=30).read().decode()
+    return re.search(r'<body data-conversation="([A-Za-z0-9_-]+)">', page)[1]
+
+
+def ask(server: str, conversation: str, message: str, max_new_tokens: int = 4) -> list[tuple[str, dict]]:
+    query = urllib.parse.urlencode({"conversation": conversation, "message": message, "temperature": 0,
+                                    "max_new_tokens": max_new_tokens})
+    return events(f"{server}/reply?{query}")
+
+
+def said(stream) -> str:
+    return "".join(data["text"] for name, data in stream if name == "message")
+
+
+def test_each_web_page_keeps_its_own_conversation(server, session):
+    options = replace(OPTIONS, max_new_tokens=4)
+    page, other = open_page(server), open_page(server)
+    assert page != other and len(page) >= 20
+    first = ask(server, page, "3 4 5")
+    assert first[-1] == ("done", {"seed": 0}) and said(first) == expected_reply(session, "3 4 5", options)
+    second = ask(server, page, "10 20")
+    assert second[-1] == ("done", {"seed": 1})  # the conversation's second reply: seed 0 + 1
+    assert said(second) == session.generator.complete([ids(session, "3 4 5", said(first), "10 20")], options)[0]
+    assert said(second) != expected_reply(session, "10 20", options)
+    alone = ask(server, other, "10 20")  # another page: none of the first page's turns
+    assert alone[-1] == ("done", {"seed": 0}) and said(alone) == expected_reply(session, "10 20", options)
+    assert ask(server, page, "/reset") == [("notice", {"text": CLEARED}), ("done", {})]
+    again = ask(server, page, "10 20")
+    assert again == alone
+    transcript = session.transcript.read_text()
+    assert "# conversation 1, seed 1\nyou> 10 20\n" in transcript and "# conversation 1 cleared (/reset)" in transcript
+    assert seeds(session.transcript) == [0, 1, 0, 0]
+
+
+def test_a_web_conversation_drops_its_oldest_turns_with_a_notice(server, session):
+    page, message = open_page(server), "1 2 3 4 5 6 7 8 9 10"  # with the 12 new tokens, a turn and a message fill it
+    first = ask(server, page, message, max_new_tokens=12)
+    assert first[0][0] == "message" and said(first).strip()
+    second = ask(server, page, message, max_new_tokens=12)
+    assert second[0] == ("notice", {"text": "(dropped the oldest turn to fit the 32-token context)"})
+    assert said(second) == said(first) == expected_reply(session, message)  # answered as alone, as the first was
+
+
+def test_the_server_keeps_the_conversations_used_last(session, start):
+    server = start(session, conversations=2)
+    url = address(server)
+    first, second = open_page(url), open_page(url)
+    assert ask(url, first, "3")[-1][0] == "done"  # used: now the second is the oldest
+    third = open_page(url)
+    assert ask(url, second, "3") == [("failed", {"error": "conversation: this conversation is no longer on the server "
+                                                          "(it keeps the 2 used last, --conversations): reload the "
+                                                          "page to start a new one"})]
+    assert ask(url, first, "3")[-1][0] == ask(url, third, "3")[-1][0] == "done"
+    assert ask(url, "made-up", "3")[0][0] == "failed"
 
 
 def test_bad_settings_come_back_as_an_error_event(server):
@@ -230,7 +433,7 @@ def test_a_request_for_more_than_the_cap_is_refused(session, start):
     server = start(session, max_new_tokens_cap=20)
     assert events(address(server) + "/reply?message=3&max_new_tokens=1000000") == [
         ("failed", {"error": "--max-new-tokens: at most 20 on this server (--max-new-tokens-cap; got 1000000)"})]
-    assert events(address(server) + "/reply?message=3&max_new_tokens=20")[-1] == ("done", {})
+    assert events(address(server) + "/reply?message=3&max_new_tokens=20")[-1] == DONE
     with pytest.raises(PicolmError, match=r"--max-new-tokens: at most 5 on this server"):
         make_server(session, port=0, limits=ServeLimits(max_new_tokens_cap=5))  # the page's own default (12)
 
@@ -288,7 +491,7 @@ def test_replies_take_turns_on_the_model(endless, start):
     stream = events(address(server) + "/reply?message=10+20&max_new_tokens=8&temperature=0")
     finished["short"] = time.monotonic()
     reader.join()
-    assert stream[-1] == ("done", {}) and len(stream) == 9
+    assert stream[-1] == DONE and len(stream) == 9
     assert finished["short"] < finished["long"]  # first in, first out would have made it wait for all 1000
 
 
@@ -298,7 +501,7 @@ def test_a_client_that_stops_reading_is_dropped_and_blocks_no_one(endless, start
     try:
         wait_for(lambda: stalled(server))
         stream = events(address(server) + "/reply?message=10+20&max_new_tokens=8&temperature=0")
-        assert stream[-1] == ("done", {}) and len(stream) == 9
+        assert stream[-1] == DONE and len(stream) == 9
         assert len(server.scheduler.replies) == 1  # still there: served alongside, not after it
         wait_for(lambda: not server.scheduler.replies, seconds=10)  # dropped after --client-timeout
         client.settimeout(30)
@@ -323,7 +526,7 @@ def test_a_full_queue_is_refused_with_503(endless, start):
     finally:
         client.close()
     wait_for(lambda: not server.scheduler.replies)
-    assert events(address(server) + "/reply?message=3+4+5")[-1] == ("done", {})
+    assert events(address(server) + "/reply?message=3+4+5")[-1] == DONE
 
 
 def test_idle_connections_are_dropped_and_bounded(session, start):
@@ -381,7 +584,7 @@ def test_a_sampling_failure_ends_the_stream_with_a_failed_event(server, session,
     assert "".join(data["text"] for _, data in stream[:-1]) == first
     assert "RuntimeError: the sampler broke" in capfd.readouterr().err  # the traceback, for whoever runs it
     monkeypatch.undo()
-    assert events(server + "/reply?message=3+4+5&temperature=0")[-1] == ("done", {})  # the server goes on
+    assert events(server + "/reply?message=3+4+5&temperature=0")[-1] == DONE  # the server goes on
     assert session.turns == 1
 
 
@@ -393,6 +596,7 @@ def test_a_sampling_failure_ends_the_stream_with_a_failed_event(server, session,
     (["--client-timeout", "inf"], "argument --client-timeout: must be in (0, 86400], got inf"),
     (["--client-timeout", "0"], "argument --client-timeout: must be in (0, 86400], got 0"),
     (["--connections", "16"], "--connections: must exceed --queue (16) (got 16)"),
+    (["--conversations", "0"], "argument --conversations: must be at least 1, got 0"),
     (["--max-new-tokens-cap", "100"], "--max-new-tokens: at most 100 on this server (--max-new-tokens-cap; got 200)"),
     (["--port", "70000"], "argument --port: must be at most 65535, got 70000"),
 ])
@@ -471,11 +675,27 @@ def test_a_prompt_typed_in_chromium_gets_a_streamed_reply(server, session, tmp_p
         driver.find_element(By.ID, "temperature").send_keys("0")
         driver.find_element(By.ID, "message").send_keys("3 4 5")
         driver.find_element(By.ID, "send").click()
-        reply = WebDriverWait(driver, 60).until(
-            lambda d: d.find_element(By.CSS_SELECTOR, ".model[data-done='true']"))
+        done = ".model[data-done='true']"
+        reply = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, done))
         assert driver.find_element(By.CSS_SELECTOR, ".you").text == "you: 3 4 5"
-        expected = expected_reply(session, "3 4 5", SamplingOptions(max_new_tokens=8, temperature=0.0))
+        options = SamplingOptions(max_new_tokens=8, temperature=0.0)
+        expected = expected_reply(session, "3 4 5", options)
         assert reply.text.strip() == expected.strip() and expected.strip()
+        driver.find_element(By.ID, "message").send_keys("10 20")  # the second turn: the first is in its prompt
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, done)) == 2)
+        second = session.generator.complete([ids(session, "3 4 5", expected, "10 20")], options)[0]
+        assert driver.find_elements(By.CSS_SELECTOR, ".model")[1].text.strip() == second.strip()
+        assert [seed.text for seed in driver.find_elements(By.CSS_SELECTOR, ".seed")] == ["seed 0", "seed 1"]
+        driver.find_element(By.ID, "reset").click()
+        notice = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, ".notice"))
+        assert notice.text == CLEARED
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "send").is_enabled())
+        driver.find_element(By.ID, "message").send_keys("10 20")
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, done)) == 3)
+        alone = expected_reply(session, "10 20", options)
+        assert driver.find_elements(By.CSS_SELECTOR, ".model")[2].text.strip() == alone.strip() != second.strip()
     finally:
         driver.quit()
-    assert "you> 3 4 5" in session.transcript.read_text()
+    assert "you> 3 4 5" in session.transcript.read_text() and seeds(session.transcript) == [0, 1, 0]

@@ -1,5 +1,6 @@
-"""What one client may take from `picolm serve` (its `--max-new-tokens-cap`, `--queue`, `--client-timeout`,
-`--connections`), with their help and ranges; light to import, so `picolm --help` does not wait for torch."""
+"""What clients may take from `picolm serve` (its `--max-new-tokens-cap`, `--queue`, `--client-timeout`,
+`--connections`, `--conversations`), with their help and ranges; light to import, so `picolm --help` does not wait
+for torch."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ class ServeLimits:
     connections: int = setting(32, "clients served at once (pages, replies, idle connections); more wait to be "
                                    "accepted. Must exceed --queue, so a client beyond the queue hears it is full",
                                within=whole(2, 4096))
+    conversations: int = setting(100, "conversations kept, one per page opened, each its turns that still fit the "
+                                      "context; beyond them the least recently used is forgotten (its page is told "
+                                      "to reload)", within=whole(1, 100_000))
 
     def __post_init__(self):
         checks = range_checks(self) + [(self.connections > self.queue, "connections",

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from picolm.errors import PicolmError
 
-Event = tuple[str, dict]  # (server-sent event name, its data): ("message", {"text": ...}), ("done", {}), ("failed", ...)
+Event = tuple[str, dict]  # (event name, its data): ("message", {"text": ...}), ("done", {}), ("failed", {"error": ...})
 
 
 def failure(exc: Exception) -> str:

@@ -1,8 +1,13 @@
 """`picolm serve`: one local web page to chat with a model, the reply streamed token by token.
 
 The standard library's HTTP server serves the page (`/`) and the replies (`/reply?message=...&temperature=...`) as
-server-sent events: `data: {"text": piece}` per piece, then `event: done`, or `event: failed` with `{"error": why}`
-(bad settings, more new tokens than `--max-new-tokens-cap`, a sampling failure). One thread runs the model; the
+server-sent events: `data: {"text": piece}` per piece, then `event: done` with `{"seed": the reply's seed}`, or
+`event: failed` with `{"error": why}` (bad settings, more new tokens than `--max-new-tokens-cap`, a sampling failure).
+Each page served opens a conversation, kept on the server under an unguessable id the page sends with its messages
+(`&conversation=...`; without one, a message is answered on its own): its earlier turns stay in the prompt, and when
+they fill the context the oldest are dropped, the reply's events then starting with `event: notice` saying so. The
+message `/reset` clears the conversation (`event: notice`, then `done`). At most `--conversations` are kept; the least
+recently used is forgotten first. One thread runs the model; the
 replies in progress (at most `--queue`; one more gets HTTP 503) take turns on it a token at a time
 (picolm/chat/scheduler.py). At most `--connections` clients are served at once, each dropped when it has not sent its
 whole request, or taken the next part of its reply, within `--client-timeout` seconds. A request whose Host header is
@@ -17,18 +22,21 @@ import io
 import ipaddress
 import json
 import re
+import secrets
 import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import chain
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 from picolm.chat.limits import ServeLimits
 from picolm.chat.scheduler import Event, Scheduler
-from picolm.chat.session import ChatSession
+from picolm.chat.session import CLEARED, ChatSession, Conversation
 from picolm.config import SamplingOptions
 from picolm.errors import PicolmError
 
@@ -44,10 +52,11 @@ PAGE = """<!doctype html>
 body { font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; }
 #log { border: 1px solid #ccc; border-radius: 6px; padding: .5rem 1rem; min-height: 12rem; white-space: pre-wrap; }
 .you { color: #1a4d8f; margin: .6rem 0 .2rem; } .model { margin: 0 0 .6rem; }
+.notice, .seed { color: #777; font-size: .85rem; } .seed { margin: -.5rem 0 .6rem; }
 form { display: flex; gap: .5rem; margin: 1rem 0; } #message { flex: 1; padding: .4rem; }
 fieldset { display: flex; flex-wrap: wrap; gap: 1rem; border: 1px solid #ddd; } label { font-size: .9rem; }
 input[type=number] { width: 5rem; }
-</style></head><body>
+</style></head><body data-conversation="__CONVERSATION__">
 <h1>picolm chat</h1>
 <p>__MODEL__</p>
 <fieldset><legend>generation settings</legend>
@@ -61,39 +70,61 @@ input[type=number] { width: 5rem; }
 </fieldset>
 <div id="log"></div>
 <form id="form"><input id="message" autocomplete="off" placeholder="Type a message" autofocus>
-<button id="send">Send</button></form>
+<button id="send">Send</button>
+<button type="button" id="reset" title="the model forgets this conversation (or type /reset)">Reset</button>
+</form>
 <script>
-const log = document.getElementById("log"), form = document.getElementById("form"), box = document.getElementById("message");
+const log = document.getElementById("log"), form = document.getElementById("form");
+const box = document.getElementById("message"), buttons = [...document.querySelectorAll("button")];
+const line = (kind, text) => {
+  const div = document.createElement("div");
+  div.className = kind;
+  div.textContent = text;
+  return div;
+};
+const send = (message) => {
+  const you = message === "/reset" ? null : line("you", "you: " + message);  // a reset has no reply, only a notice
+  const reply = you && line("model", "");
+  if (you) { reply.dataset.done = "false"; log.append(you, reply); }
+  const note = (text) => { if (you) you.before(line("notice", text)); else log.append(line("notice", text)); };
+  const query = new URLSearchParams({message, conversation: document.body.dataset.conversation});
+  for (const name of ["max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty"]) {
+    const value = document.getElementById(name).value;
+    if (value !== "") query.set(name, value);
+  }
+  buttons.forEach((button) => { button.disabled = true; });
+  const source = new EventSource("/reply?" + query);
+  const finish = () => {
+    source.close();
+    if (reply) reply.dataset.done = "true";
+    buttons.forEach((button) => { button.disabled = false; });
+  };
+  const fail = (why) => { if (reply) reply.textContent += "[" + why + "]"; else note("[" + why + "]"); finish(); };
+  source.onmessage = (e) => { reply.textContent += JSON.parse(e.data).text; };
+  source.addEventListener("notice", (e) => note(JSON.parse(e.data).text));
+  source.addEventListener("done", (e) => {
+    const seed = JSON.parse(e.data).seed;
+    if (reply && seed !== undefined) { reply.dataset.seed = seed; reply.after(line("seed", "seed " + seed)); }
+    finish();
+  });
+  source.addEventListener("failed", (e) => fail(JSON.parse(e.data).error));
+  source.onerror = () => fail("no reply: the server is busy or gone");
+};
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const message = box.value.trim();
   if (!message) return;
   box.value = "";
-  const you = document.createElement("div"); you.className = "you"; you.textContent = "you: " + message;
-  const reply = document.createElement("div"); reply.className = "model"; reply.dataset.done = "false";
-  log.append(you, reply);
-  const query = new URLSearchParams({message});
-  for (const name of ["max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty"]) {
-    const value = document.getElementById(name).value;
-    if (value !== "") query.set(name, value);
-  }
-  document.getElementById("send").disabled = true;
-  const source = new EventSource("/reply?" + query);
-  const finish = () => { source.close(); reply.dataset.done = "true"; document.getElementById("send").disabled = false; };
-  source.onmessage = (e) => { reply.textContent += JSON.parse(e.data).text; };
-  source.addEventListener("done", finish);
-  source.addEventListener("failed", (e) => { reply.textContent += "[" + JSON.parse(e.data).error + "]"; finish(); });
-  source.onerror = () => { reply.textContent += "[no reply: the server is busy or gone]"; finish(); };
+  send(message);
 });
+document.getElementById("reset").addEventListener("click", () => send("/reset"));
 </script></body></html>
 """
 
 
-
-
-def render_page(session: ChatSession, limits: ServeLimits) -> str:
-    """The page with the model's name and the settings filled in, every value HTML-escaped."""
-    values = {"MODEL": f"{session.loaded.path} ({session.template} template)",
+def render_page(session: ChatSession, limits: ServeLimits, conversation: str = "") -> str:
+    """The page with the model's name, its conversation's id and the settings filled in, every value HTML-escaped."""
+    values = {"MODEL": f"{session.loaded.path} ({session.template} template)", "CONVERSATION": conversation,
               "max_new_tokens_cap": limits.max_new_tokens_cap,
               **{name: getattr(session.options, name) for name in SETTINGS}}
     return re.sub(r"__(\w+)__", lambda m: html.escape("" if values[m[1]] is None else str(values[m[1]])), PAGE)
@@ -112,6 +143,38 @@ def request_options(session: ChatSession, query: dict[str, list[str]], limits: S
     session.generator.check(options)
     limits.check(options)
     return options
+
+
+class Conversations:
+    """The conversations of the pages served, each under an unguessable id (a page of another site cannot read it
+    from this one's page, so cannot take part in its conversation); beyond `limit`, the least recently used is
+    forgotten."""
+
+    def __init__(self, limit: int):
+        self.limit, self.opened = limit, 0
+        self.kept: OrderedDict[str, Conversation] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def open(self) -> str:
+        """A new conversation's id."""
+        with self.lock:
+            self.opened += 1
+            key = secrets.token_urlsafe(16)
+            self.kept[key] = Conversation(label=f"conversation {self.opened}")
+            while len(self.kept) > self.limit:
+                self.kept.popitem(last=False)
+            return key
+
+    def find(self, key: str) -> Conversation | None:
+        """The conversation with this id; None for no id (a message answered on its own)."""
+        if not key:
+            return None
+        with self.lock:
+            if key not in self.kept:
+                raise PicolmError(f"this conversation is no longer on the server (it keeps the {self.limit} used "
+                                  "last, --conversations): reload the page to start a new one", field="conversation")
+            self.kept.move_to_end(key)
+            return self.kept[key]
 
 
 def host_name(header: str) -> str:
@@ -182,7 +245,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         url = urlparse(self.path)
         if url.path == "/":
-            self._plain(200, render_page(self.server.session, self.server.limits), "text/html")
+            page = render_page(self.server.session, self.server.limits, self.server.conversations.open())
+            self._plain(200, page, "text/html")
         elif url.path == "/reply":
             self._reply(parse_qs(url.query))
         else:
@@ -209,17 +273,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def _reply(self, query: dict[str, list[str]]) -> None:
         session, limits = self.server.session, self.server.limits
+        message = query.get("message", [""])[0]
         try:
-            options = request_options(session, query, limits)
+            conversation = self.server.conversations.find(query.get("conversation", [""])[0])
+            if message.strip() == "/reset":
+                if conversation is not None:
+                    session.reset(conversation)
+                self._events([("notice", {"text": CLEARED}), ("done", {})])
+                return
+            request = session.request(message, conversation if conversation is not None else Conversation(),
+                                      request_options(session, query, limits))
         except PicolmError as exc:
             self._events([("failed", {"error": str(exc)})])
             return
-        reply = self.server.scheduler.submit(session.reply(query.get("message", [""])[0], options))
+        reply = self.server.scheduler.submit(session.answer(request))
         if reply is None:
             self._plain(503, f"busy: the reply queue (--queue {limits.queue}) is full; try again shortly")
             return
+        notice, seed = session.notice(request), request.options.seed
         try:
-            self._events(reply.events())
+            self._events(chain([("notice", {"text": notice})] if notice else [],
+                               ((name, {"seed": seed} if name == "done" else data) for name, data in reply.events())))
         finally:  # done, or the client left or stopped reading (a write past --client-timeout raises)
             reply.leave()
 
@@ -233,6 +307,7 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, session: ChatSession, host: str, port: int, limits: ServeLimits):
         self.session, self.host, self.limits = session, host, limits
+        self.conversations = Conversations(limits.conversations)
         self.slots = threading.BoundedSemaphore(limits.connections)
         self.scheduler = Scheduler(limits.queue)  # stopped by server_close, also when listening fails
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET

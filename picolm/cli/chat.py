@@ -15,17 +15,25 @@ from picolm.cli.common import (
 )
 
 
+RESET = {"chat": "/reset starts afresh, /help lists the commands.",
+         "serve": "Each page opened is a conversation of its own; /reset (or the page's Reset button) starts afresh."}
+
+
 def register(verbs) -> None:
     for verb, what, run in (("chat", "chat with a model in the terminal", chat),
                             ("serve", "chat with a model on a local web page", serve)):
         p = verbs.add_parser(verb, formatter_class=Formatter, help=what,
                              description=f"{what[0].upper() + what[1:]}, its replies streamed as they are generated. "
-                                         "Each message is answered on its own: fine-tuned (SFT/DPO) models get the "
-                                         "instruction template, pretrained ones continue the text. Every session is "
-                                         "saved as CHATS_DIR/<Month_DD_YYYY_HH_MM_SS>/transcript.txt with its "
-                                         "settings.")
+                                         "The conversation stays in the prompt: fine-tuned (SFT/DPO) models get "
+                                         "each turn in the instruction template, pretrained ones continue the text "
+                                         "of the turns so far. When the turns fill the context less the reply's room "
+                                         "(--max-new-tokens, at most half of it), the oldest are dropped, whole, and "
+                                         f"you are told. {RESET[verb]} Every session is saved as "
+                                         "CHATS_DIR/<Month_DD_YYYY_HH_MM_SS>/transcript.txt with its settings and "
+                                         f"each reply's seed. Example: picolm {verb} runs/stories --seed 7")
         p.add_argument("target", help="run directory (best, else last checkpoint) or checkpoint file")
         add_sampling_options(p, max_new_tokens=200)
+        reword_seed(p)
         p.add_argument("--template", default="auto", choices=["auto", "instruction", "none"],
                        help="auto: instruction for SFT/DPO runs, none (plain continuation) otherwise")
         p.add_argument("--chats-dir", type=output_folder, default="chats", help="where sessions are saved")
@@ -33,6 +41,15 @@ def register(verbs) -> None:
         if verb == "serve":
             add_serve_options(p)
         p.set_defaults(run=run)
+
+
+def reword_seed(p) -> None:
+    """A chat's --seed: a fresh seed per reply unless given, and how each reply's seed follows from it."""
+    p.set_defaults(seed=None)
+    p._option_string_actions["--seed"].help = (
+        "seed S: the reply numbered i in a conversation (0 for the first since it began or since /reset) is sampled "
+        "with seed S + i (mod 2**32), so the same conversation with the same seed gets the same replies. Default: a "
+        "fresh seed for every reply, from the operating system. Each reply's seed is in the transcript")
 
 
 def add_serve_options(p) -> None:
