@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from picolm.cli import analyze, chat, compare, eval, export, generate, prepare, quickstart, train
+from picolm.cli import analyze, chat, compare, eval, export, generate, pipeline, plot, prepare, quickstart, train
 from picolm.cli.common import Formatter, Parser, split_settings
 from picolm.errors import PicolmError
 
-VERBS = (prepare, train, eval, generate, compare, analyze, chat, export, quickstart)
-VERBS_HELP = ("prepare data, train (pretrain, SFT, DPO), evaluate, compare, analyze, generate, chat, serve, export to "
-              "Hugging Face, or run the quickstart")
+VERBS = (prepare, train, eval, generate, compare, plot, analyze, chat, export, pipeline, quickstart)
+VERBS_HELP = ("prepare data, train (pretrain, SFT, DPO), evaluate, compare, plot, analyze, generate, chat, serve, "
+              "export to Hugging Face, run a whole pipeline from a recipe, or the quickstart")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def parse(root: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
         root.error(str(exc))
     args = root.parse_args(argv)
     if settings and args.verb is not None and not getattr(args, "takes_settings", False):
-        root.error(f"settings such as --{next(iter(settings))} apply to `picolm train` and `picolm compare` only")
+        root.error(f"settings such as --{next(iter(settings))} apply to `picolm train`, `compare` and `pipeline` only")
     args.settings = settings
     return args
 
