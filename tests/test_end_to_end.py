@@ -53,15 +53,16 @@ def test_quickstart_writes_the_same_numbers_on_a_machine_fifty_times_slower(tmp_
     import shutil
     import time
 
-    from picolm import quickstart
+    from picolm.pipeline import PIPELINES, PipelineOptions, load_pipeline, run_pipeline
 
-    monkeypatch.setattr(quickstart, "DPO_PAIRS", 200)
-    monkeypatch.setattr(quickstart, "STEPS", {"pretraining": 3, "SFT": 2, "DPO": 2})
-    first = quickstart.run_quickstart(quickstart.QuickstartOptions(out=tmp_path / "a", device="cpu", samples=2))
+    recipe = tmp_path / "quickstart.yaml"  # the built-in recipe with fewer pairs to prepare
+    recipe.write_text((PIPELINES / "quickstart.yaml").read_text().replace("num_sequences: 2000", "num_sequences: 200"))
+    settings = {"pretraining.train.max_steps": 3, "sft.train.max_steps": 2, "dpo.train.max_steps": 2}
+    first = run_pipeline(load_pipeline(recipe), PipelineOptions(tmp_path / "a", "cpu", samples=2, settings=settings))
     shutil.copytree(tmp_path / "a" / "data", tmp_path / "b" / "data")  # the same data, prepared once
     clock = time.perf_counter
     monkeypatch.setattr(time, "perf_counter", lambda: 50 * clock())
-    second = quickstart.run_quickstart(quickstart.QuickstartOptions(out=tmp_path / "b", device="cpu", samples=2))
+    second = run_pipeline(load_pipeline(recipe), PipelineOptions(tmp_path / "b", "cpu", samples=2, settings=settings))
     assert second == first
     assert _stage_numbers(tmp_path / "b") == _stage_numbers(tmp_path / "a")
     report = (tmp_path / "b" / "report.md").read_text()

@@ -21,7 +21,7 @@ LAYERS = [  # lowest first: (name, the packages or modules in it); peers in a la
     ("train / generate", ["picolm.train", "picolm.generate"]),
     ("eval", ["picolm.eval"]),
     ("analysis / chat / export", ["picolm.analysis", "picolm.chat", "picolm.interop.export"]),
-    ("pipelines", ["picolm.quickstart"]),
+    ("pipelines", ["picolm.pipeline"]),
     ("cli", ["picolm.cli"]),
     ("entry point", ["picolm.__main__"]),
 ]
