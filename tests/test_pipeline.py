@@ -135,8 +135,9 @@ def test_the_hub_pipeline_runs_offline_on_local_copies(tmp_path, hf_offline, cap
     assert main(["pipeline", "tinystories-alpaca-hh", "--hub-dir", str(hub), "--out", str(out), "--device", "cpu",
                  "--pretraining.train.max_steps", "3", "--sft.train.max_steps", "2", "--dpo.train.max_steps", "2",
                  "--samples", "2"]) == 0, capsys.readouterr().err
-    meta = {name: json.loads((out / "data" / name / "meta.json").read_text()) for name in ("tinystories", "alpaca", "hh")}
-    assert [meta[name]["source"] for name in meta] == ["tinystories", "alpaca", "hh-rlhf"]
+    sources = [json.loads((out / "data" / name / "meta.json").read_text())["source"]
+               for name in ("tinystories", "alpaca", "hh")]
+    assert sources == ["tinystories", "alpaca", "hh-rlhf"]
     report = (out / "report.md").read_text()
     assert report.startswith("# TinyStories -> Alpaca -> Anthropic HH")
     header = next(line for line in report.splitlines() if line.startswith("| model |")).split("|")
