@@ -32,8 +32,7 @@ def register(verbs) -> None:
                                          "CHATS_DIR/<Month_DD_YYYY_HH_MM_SS>/transcript.txt with its settings and "
                                          f"each reply's seed. Example: picolm {verb} runs/stories --seed 7")
         p.add_argument("target", help="run directory (best, else last checkpoint) or checkpoint file")
-        add_sampling_options(p, max_new_tokens=200)
-        reword_seed(p)
+        add_sampling_options(p, max_new_tokens=200, changes={"seed": SEED})
         p.add_argument("--template", default="auto", choices=["auto", "instruction", "none"],
                        help="auto: instruction for SFT/DPO runs, none (plain continuation) otherwise")
         p.add_argument("--chats-dir", type=output_folder, default="chats", help="where sessions are saved")
@@ -43,13 +42,11 @@ def register(verbs) -> None:
         p.set_defaults(run=run)
 
 
-def reword_seed(p) -> None:
-    """A chat's --seed: a fresh seed per reply unless given, and how each reply's seed follows from it."""
-    p.set_defaults(seed=None)
-    p._option_string_actions["--seed"].help = (
-        "seed S: the reply numbered i in a conversation (0 for the first since it began or since /reset) is sampled "
-        "with seed S + i (mod 2**32), so the same conversation with the same seed gets the same replies. Default: a "
-        "fresh seed for every reply, from the operating system. Each reply's seed is in the transcript")
+# A chat's --seed: a fresh seed per reply unless given, and how each reply's seed follows from it.
+SEED = {"default": None, "help": (
+    "seed S: the reply numbered i in a conversation (0 for the first since it began or since /reset) is sampled "
+    "with seed S + i (mod 2**32), so the same conversation with the same seed gets the same replies. Default: a "
+    "fresh seed for every reply, from the operating system. Each reply's seed is in the transcript")}
 
 
 def add_serve_options(p) -> None:

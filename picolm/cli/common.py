@@ -219,8 +219,10 @@ def _argument(f: dataclasses.Field) -> dict:
     return {**keywords, **({"choices": choices} if choices else {})}
 
 
-def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int = 100) -> None:
-    """Every SamplingOptions field as an option (`--max-new-tokens`, ...); help and defaults from the dataclass."""
+def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int = 100,
+                         changes: dict[str, dict] | None = None) -> None:
+    """Every SamplingOptions field as an option (`--max-new-tokens`, ...); help and defaults from the dataclass, but
+    for a verb's `changes` (field -> argparse keywords, e.g. chat's own default and help for --seed)."""
     from picolm.config import SamplingOptions, flag
 
     group = p.add_argument_group("sampling")
@@ -228,7 +230,7 @@ def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int = 100) 
         keywords = _argument(f)
         if f.name == "max_new_tokens":
             keywords["default"] = max_new_tokens
-        group.add_argument(flag(f.name), **keywords)
+        group.add_argument(flag(f.name), **{**keywords, **(changes or {}).get(f.name, {})})
 
 
 def sampling_options(args):
