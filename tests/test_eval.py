@@ -45,6 +45,29 @@ def test_eval_reports_every_metric_for_a_numeric_run(trained_run, tmp_path, caps
     assert "length/accuracy" in table and "speed/tokens_per_second_batch_8" in table
 
 
+def test_response_metrics_read_any_data_and_the_help_shows_each_metric_with_an_example(trained_run, tmp_path,
+                                                                                          capsys):
+    from picolm.eval.suite import METRICS
+
+    out = tmp_path / "responses.json"
+    assert main(["eval", str(trained_run), "--metrics", "lexicon,samples", "--samples", "3", "--max-new-tokens", "6",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["samples"]) == 3 and all(s["reference"] is None for s in result["samples"])  # text: openings
+    assert (result["lexicon/name"], result["lexicon/rate"], result["lexicon/samples"]) == ("horror", 0.0, 3)
+    printed = capsys.readouterr().out
+    assert f"[prompt] {result['samples'][0]['prompt']}\n[response] {result['samples'][0]['response']}" in printed
+    assert main(["eval", "--help"]) == 0
+    examples, heading = {}, None  # each metric's heading line (two spaces in), then its example
+    for line in capsys.readouterr().out.split("positional arguments")[0].splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            heading = line.split("  ")[1]
+        elif line.strip().startswith("picolm eval ") and heading:
+            examples[heading] = line.strip()
+    assert {name for heading in examples for name in heading.split(", ")} == set(METRICS)
+    assert examples["instruct"].startswith("picolm eval runs/sft --metrics instruct --data ")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--metrics", "perplexity,bleu"], "--metrics: unknown metric 'bleu'"),
     (["--metrics", "preference"], "pass --pairs"),
@@ -94,7 +117,8 @@ def test_per_kind_loss_is_the_mean_over_that_kinds_numbers(numeric_data):
     for start in eval_windows(tokens, 16, 12):
         window = torch.from_numpy(np.asarray(tokens[start:start + 17], dtype=np.int64))
         with torch.no_grad():
-            losses = torch.nn.functional.cross_entropy(model(window[None, :-1])[0].double(), window[1:], reduction="none")
+            logits = model(window[None, :-1])[0].double()
+            losses = torch.nn.functional.cross_entropy(logits, window[1:], reduction="none")
         for offset, loss in enumerate(losses.tolist()):
             if int(window[offset + 1]) != meta["eos_id"]:
                 name = meta["kinds"][int(kinds[start + offset + 1])]

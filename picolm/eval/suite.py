@@ -5,13 +5,21 @@ perplexity, accuracy  the model's family's evaluation of a split: loss / perplex
                       ELBO bound, an sdd model's the exp of its denoising loss (the `note` says which)
 kinds                 per-kind accuracy of numeric data (also after each sequence's first numbers)
 length                numeric accuracy on sequences longer than any seen in training
-preference            preference accuracy and reward margin on pairs (--pairs, else the run's DPO data),
-                      against a reference model (--reference, else the run's --init-from; none: log-probs)
+preference            on pairs (--pairs, else the run's DPO data): implicit-reward accuracy and margin against a
+                      reference model (--reference, else the run's --init-from; none: log-probs), beside the
+                      reference-free summed log-prob accuracy and the per-token "chosen more likely"
 generation            Self-BLEU and distinct-1/2 over --samples sampled continuations of held-out prompts
-format                instruction-format compliance of greedy responses to instruction data (--instructions)
+instruct              ROUGE-L F1 and chrF of responses to held-out instructions against their references, and
+                      their format compliance (SFT data: --instructions, else --data)
+format                instruction-format compliance of the responses to instruction data
+lexicon               the share of the responses' words in a lexicon (built-in horror words, or --lexicon FILE)
+samples               the responses themselves, each with its prompt and reference, in the --json output
 speed                 greedy decoding tokens/s at batch 1 and 8 (a diffusion model: new tokens/s at its steps)
 
-Which of them a model can give is its family's `evaluations`.
+instruct, format, lexicon and samples read one set of responses to the first --samples held-out prompts of the
+instruction data (an SFT folder's instructions, a DPO folder's prompts, a text folder's document openings), greedy
+unless a --temperature is given. Which metrics a model can give is its family's `evaluations` (the response metrics
+count as its `format` and `generation`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from picolm.data.records import BadRows
 from picolm.data.synthetic import NumericSpec, generate_numeric
 from picolm.data.tokens import load_meta, load_split
 from picolm.errors import PicolmError
+from picolm.eval.instruct import Responses, format_scores, instructions, reference_scores, respond
+from picolm.eval.lexicon import HORROR, load_lexicon
+from picolm.eval.pairs import likelihood_scores, response_lengths, reward_scores, summed_log_probs
 from picolm.eval.quality import distinct_n, self_bleu
 from picolm.eval.samples import document_openings
 from picolm.generate import TextGenerator, generate_ids
@@ -40,8 +51,10 @@ from picolm.methods.next_token import WARMUP_NUMBERS
 from picolm.methods.preference import Preference
 from picolm.methods.sequences import pair_log_probs
 
-METRICS = ("perplexity", "accuracy", "kinds", "length", "preference", "generation", "format", "speed")
-TEMPLATE_HEADERS = ("### Instruction:", "### Input:", "### Response:")
+METRICS = ("perplexity", "accuracy", "kinds", "length", "preference", "generation", "instruct", "format", "lexicon",
+           "samples", "speed")
+AS_FAMILY_NAMES_IT = {"instruct": "format", "lexicon": "generation", "samples": "generation"}
+GENERATION_TEMPERATURE = 0.8  # `generation` samples (its diversity is the point) unless --temperature says otherwise
 BATCH = 16
 
 
@@ -52,9 +65,12 @@ class EvalRequest:
     data: str | None = None  # default: the data the run trained on
     pairs: str | None = None  # a DPO data directory for `preference`
     reference: str | None = None  # a run or checkpoint: the reference model for `preference`
-    instructions: str | None = None  # an SFT data directory for `format`
-    samples: int = 32  # generations for `generation` and `format`
-    sampling: SamplingOptions = field(default_factory=lambda: SamplingOptions(max_new_tokens=64, top_k=50))
+    instructions: str | None = None  # an SFT data directory for `instruct` and `format`
+    lexicon: str | None = None  # a word-list file for `lexicon` (default: the built-in horror lexicon)
+    samples: int = 32  # prompts to generate for (`generation` and the response metrics)
+    # temperature None: each metric's own (GENERATION_TEMPERATURE for `generation`, greedy for the responses)
+    sampling: SamplingOptions = field(default_factory=lambda: SamplingOptions(max_new_tokens=64, top_k=50,
+                                                                              temperature=None))
     batch_size: int = BATCH
     max_windows: int | None = None
 
@@ -64,7 +80,14 @@ class EvalRequest:
             raise PicolmError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}", field="--metrics")
         if self.samples < 2:
             raise PicolmError("needs at least 2 samples", field="--samples")
+        if self.lexicon and "lexicon" not in self.metrics:
+            raise PicolmError("a word list is for --metrics lexicon", field="--lexicon")
         self.sampling.validate()
+
+    def with_temperature(self, temperature: float) -> SamplingOptions:
+        """The sampling options, with this temperature unless one was given."""
+        given = self.sampling.temperature
+        return replace(self.sampling, temperature=temperature if given is None else given)
 
 
 class RunEvaluation:
@@ -74,9 +97,13 @@ class RunEvaluation:
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.family = family_of(self.model.config)
         self.generator = TextGenerator(self.model, self.tokenizer, device)
-        self.generator.check(request.sampling)
+        self.sampled, self.decoding = (request.with_temperature(t) for t in (GENERATION_TEMPERATURE, 0.0))
+        for options in (self.sampled, self.decoding):
+            self.generator.check(options)
         self.train_config = loaded.checkpoint.get("train_config", {})
         self.data_dir = request.data or self.train_config.get("data", {}).get("path")
+        self.lexicon = load_lexicon(request.lexicon) if request.lexicon else HORROR
+        self._responses: Responses | None = None
 
     def _meta(self, data_dir) -> dict:
         if not data_dir:
@@ -86,15 +113,16 @@ class RunEvaluation:
     def run(self) -> dict:
         result = {"checkpoint": str(self.loaded.path), "split": self.request.split}
         wanted = set(self.request.metrics)
-        refused = [m for m in METRICS if m in wanted and m not in self.family.evaluations]
+        refused = [m for m in METRICS if m in wanted and AS_FAMILY_NAMES_IT.get(m, m) not in self.family.evaluations]
         if refused:
             raise PicolmError(f"{refused[0]!r} is not for {self.family.title} models ({self.family.kind}); they give "
                               f"{', '.join(self.family.evaluations)}", field="--metrics")
         if wanted & {"perplexity", "accuracy", "kinds"}:
             result.update(self.language_modelling("kinds" in wanted))
         for name, method in (("length", self.longer_sequences), ("preference", self.preference),
-                             ("generation", self.generation), ("format", self.format_compliance),
-                             ("speed", self.speed)):
+                             ("generation", self.generation), ("instruct", self.instruct),
+                             ("format", self.format_compliance), ("lexicon", self.lexicon_rate),
+                             ("samples", self.samples), ("speed", self.speed)):
             if name in wanted:
                 result.update(method())
         return result
@@ -170,14 +198,17 @@ class RunEvaluation:
         pairs = load_examples(pairs_dir, self.request.split, "dpo", self.tokenizer, self.model.config.block_size,
                               BadRows(skip=True))
         objective = Preference(ObjectiveConfig(**self.train_config.get("objective", {})))
-        run = lambda model: pair_log_probs(model, pairs, self.request.batch_size, self.tokenizer.eos_id,  # noqa: E731
-                                           self.device, nullcontext, objective.length_normalize)
-        policy = run(self.model)
-        base = run(reference) if reference is not None else torch.zeros_like(policy)
-        beta = objective.config.beta if reference is not None else 1.0
-        rewards = beta * (policy - base)
-        margins = rewards[:, 0] - rewards[:, 1]
-        return {"preference/accuracy": float((margins > 0).float().mean()), "preference/margin": float(margins.mean()),
+        policy = summed_log_probs(self.model, pairs, self.tokenizer.eos_id, self.device)
+        lengths = response_lengths(pairs)
+        if reference is None:
+            rewards = reward_scores(policy, torch.zeros_like(policy), lengths, 1.0, objective.length_normalize)
+        else:
+            rewards = reward_scores(policy, summed_log_probs(reference, pairs, self.tokenizer.eos_id, self.device),
+                                    lengths, objective.config.beta, objective.length_normalize)
+        likelihood = likelihood_scores(policy, lengths)
+        return {"preference/accuracy": rewards["rewards_accuracy"], "preference/margin": rewards["rewards_margin"],
+                "preference/logps_accuracy": likelihood["logps_accuracy"],
+                "preference/chosen_more_likely": likelihood["chosen_more_likely"],
                 "preference/reference": source or "none (log-probabilities)", "preference/pairs": len(pairs)}
 
     def _prompts(self, data_dir, count: int) -> list[list[int]]:
@@ -191,29 +222,52 @@ class RunEvaluation:
 
     def generation(self) -> dict:
         prompts = self._prompts(self.data_dir, self.request.samples)
-        texts = self.generator.complete(prompts, self.request.sampling)
+        texts = self.generator.complete(prompts, self.sampled)
         return {"generation/samples": len(texts), "generation/self_bleu": self_bleu(texts),
                 "generation/distinct_1": distinct_n(texts, 1), "generation/distinct_2": distinct_n(texts, 2)}
 
-    def format_compliance(self) -> dict:
+    def responses(self) -> Responses:
+        """The responses to the first --samples held-out prompts of the instruction data, written once for every
+        metric that reads them; an SFT folder's come with its reference responses."""
+        if self._responses is None:
+            data_dir = self.request.instructions or self.data_dir
+            references = None
+            if self._meta(data_dir).get("task") == "sft":
+                prompts, references = instructions(data_dir, self.request.split, self.request.samples, self.generator)
+            else:
+                prompts = self._prompts(data_dir, self.request.samples)
+            if not prompts:
+                raise PicolmError(f"no held-out prompts in the {self.request.split} split", path=data_dir)
+            self._responses = respond(self.model, self.tokenizer, prompts, self.decoding, self.device, references)
+        return self._responses
+
+    def _instruction_responses(self, metric: str) -> Responses:
         data_dir = self.request.instructions or self.data_dir
         if self._meta(data_dir).get("task") != "sft":
-            raise PicolmError("`format` needs instruction data: pass --instructions with an SFT data directory",
-                              path=data_dir)
-        prompts = self._prompts(data_dir, self.request.samples)
-        options = replace(self.request.sampling, temperature=0.0, stop=())
-        outputs = generate_ids(self.model, prompts, options, self.tokenizer.eos_id, self.tokenizer.vocab_size,
-                               self.device)
-        texts = [self.tokenizer.decode(ids) for ids in outputs]
-        # a model that writes inside its context has at most the rest of it
-        canvas = self.generator.sampler.room(self.model, max(len(p) for p in prompts), options.max_new_tokens)
-        ended = [len(ids) < canvas for ids in outputs]
-        nonempty = [bool(text.strip()) for text in texts]
-        clean = [not any(h in text for h in TEMPLATE_HEADERS) for text in texts]
-        n = len(texts)
-        return {"format/compliance": sum(all(t) for t in zip(ended, nonempty, clean)) / n,
-                "format/ended_with_eos": sum(ended) / n, "format/non_empty": sum(nonempty) / n,
-                "format/no_template_leak": sum(clean) / n}
+            raise PicolmError(f"`{metric}` needs instruction data: pass --instructions (or --data) with an SFT data "
+                              "directory", path=data_dir)
+        return self.responses()
+
+    def instruct(self) -> dict:
+        responses = self._instruction_responses("instruct")
+        scores = reference_scores(responses.texts, responses.references)
+        return {"instruct/samples": len(responses.texts), "instruct/rouge_l": scores["rouge_l"],
+                "instruct/chrf": scores["chrf"], **self._format(responses)}
+
+    def format_compliance(self) -> dict:
+        return self._format(self._instruction_responses("format"))
+
+    @staticmethod
+    def _format(responses: Responses) -> dict:
+        return {f"format/{name}": value for name, value in format_scores(responses).items()}
+
+    def lexicon_rate(self) -> dict:
+        texts = self.responses().texts
+        return {"lexicon/name": self.lexicon.name, "lexicon/words": len(self.lexicon.words),
+                "lexicon/rate": self.lexicon.mean_rate(texts), "lexicon/samples": len(texts)}
+
+    def samples(self) -> dict:
+        return {"samples": self.responses().samples()}
 
     def speed(self, new_tokens: int = 200, prompt_tokens: int = 16) -> dict:
         """Greedy new tokens per second at batch 1 and 8 after random prompts, with the sampler's settings (a
