@@ -53,7 +53,7 @@ from picolm.methods.sequences import pair_log_probs
 
 METRICS = ("perplexity", "accuracy", "kinds", "length", "preference", "generation", "instruct", "format", "lexicon",
            "samples", "speed")
-AS_FAMILY_NAMES_IT = {"instruct": "format", "lexicon": "generation", "samples": "generation"}
+COUNTS_AS = {"instruct": "format", "lexicon": "generation", "samples": "generation"}  # in a family's `evaluations`
 GENERATION_TEMPERATURE = 0.8  # `generation` samples (its diversity is the point) unless --temperature says otherwise
 BATCH = 16
 
@@ -113,7 +113,7 @@ class RunEvaluation:
     def run(self) -> dict:
         result = {"checkpoint": str(self.loaded.path), "split": self.request.split}
         wanted = set(self.request.metrics)
-        refused = [m for m in METRICS if m in wanted and AS_FAMILY_NAMES_IT.get(m, m) not in self.family.evaluations]
+        refused = [m for m in METRICS if m in wanted and COUNTS_AS.get(m, m) not in self.family.evaluations]
         if refused:
             raise PicolmError(f"{refused[0]!r} is not for {self.family.title} models ({self.family.kind}); they give "
                               f"{', '.join(self.family.evaluations)}", field="--metrics")
