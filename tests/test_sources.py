@@ -236,14 +236,15 @@ def hub_error(name, folder) -> str:
 def test_failing_hub_load_is_one_clear_line(tmp_path, hf_offline, name):
     (tmp_path / "empty").mkdir()
     message = hub_error(name, tmp_path / "empty")
-    assert message.startswith(f"{name}: could not load ")
-    assert "split 'train'" in message and "--hub-dir" in message
+    assert message.startswith(f"{name}: could not load ") and "from the local copy" in message
+    assert "doesn't contain any data files" in message and "--hub-dir" in message
 
 
 def test_hub_copy_missing_a_split_names_it(tmp_path, hf_offline):
     write_jsonl(tmp_path / "ts" / "train.jsonl", [{"text": "only training data"}])
     message = hub_error("tinystories", tmp_path / "ts")
-    assert "split 'validation'" in message
+    assert message == ("tinystories: the local copy has no 'validation' split (it holds train); pass --split-ratios to "
+                       "re-split what it holds")
 
 
 def test_hub_copy_without_the_text_field_names_it(tmp_path, hf_offline):

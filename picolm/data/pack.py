@@ -61,9 +61,10 @@ def prepare_in_memory(options: PrepareOptions, log=print) -> dict:
     started = time.perf_counter()
     out = Path(options.out)
     source_options = {"num_sequences": options.num_sequences, "min_length": options.min_length,
-                      "max_length": options.max_length, "max_value": options.max_value, "seed": options.seed}
+                      "max_length": options.max_length, "max_value": options.max_value, "seed": options.seed,
+                      "text_field": options.field}
     data = load_source(options.source, source_options, hub_dir=options.hub_dir, limit=options.limit,
-                       skip_bad_rows=options.skip_bad_rows)
+                       skip_bad_rows=options.skip_bad_rows, use_source_splits=options.use_source_splits)
     data.splits = {name: subset(records, options) for name, records in data.splits.items()}
     splits = split_records(data, options)
     empty = [name for name in SPLITS if not splits[name]]

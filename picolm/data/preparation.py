@@ -9,7 +9,7 @@ from itertools import chain
 
 import numpy as np
 
-from picolm.data.sources import HUB_SOURCES
+from picolm.data.sources import HF_PREFIX, PAIRS_PREFIX, hub_source
 from picolm.data.synthetic import NumericSpec
 from picolm.data.tokens import token_dtype
 from picolm.errors import PicolmError
@@ -36,6 +36,7 @@ class PrepareOptions:
     max_length: int | None = None
     max_value: int | None = None
     hub_dir: str | None = None
+    field: str | None = None  # hf:NAME sources: the text column (default: the layout its columns show)
     skip_bad_rows: bool = False
     stream: bool | None = None  # None: stream the web sources (openwebtext, fineweb), load anything else whole
     shard_tokens: int = 100_000_000  # streamed: tokens per train shard (200 MB as uint16)
@@ -95,7 +96,11 @@ def default_tokenizer(source: str) -> str:
 
 def with_defaults(options: PrepareOptions) -> PrepareOptions:
     """The options with source-dependent defaults filled in and the streaming settings checked."""
-    web = options.source in HUB_SOURCES and HUB_SOURCES[options.source].streaming
+    source = hub_source(options.source)
+    web = source is not None and source.streaming
+    if options.field is not None and not options.source.removeprefix(PAIRS_PREFIX).startswith(HF_PREFIX):
+        raise PicolmError(f"names the text column of an {HF_PREFIX}NAME source; a local file names its own as "
+                          "PATH.jsonl:FIELD, and the named sources know theirs", field="--field")
     workers = (os.cpu_count() or 1) if options.workers is None else options.workers
     for name, value, least in (("--shard-tokens", options.shard_tokens, 1), ("--workers", workers, 0)):
         if value < least:
@@ -112,7 +117,7 @@ def text_meta(options: PrepareOptions, kind: str, tokenizer: Tokenizer, counts: 
     return {
         "source": options.source,
         "task": "text",
-        "hub_repo": HUB_SOURCES[options.source].repo if options.source in HUB_SOURCES else None,
+        "hub_repo": source.repo if (source := hub_source(options.source)) is not None else None,
         "tokenizer": kind,
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "vocab_size": tokenizer.vocab_size,

@@ -1,8 +1,10 @@
 """Canonical example records and their checks.
 
 SFT: `{"id", "prompt", "response"}`; preference: `{"id", "prompt", "chosen", "rejected"}`. Readers accept
-`prompt` or `input` for the prompt. A row that cannot be used stops the run with its file and line, or is
-reported and skipped when the user asks (`--skip-bad-rows`).
+`prompt` or `input` for the prompt and `response`, `output` or `completion` for the response. A row that cannot be
+used stops the run with its file and line, or is reported and skipped when the user asks (`--skip-bad-rows`).
+Prompts are written in one of two templates: the instruction template (Alpaca rows, and `picolm chat`) and the chat
+template (conversations as lists of role/content messages).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 from picolm.errors import PicolmError
 
 TASKS = ("text", "sft", "dpo")
+RESPONSE_FIELDS = ("response", "output", "completion")
 INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 INSTRUCTION_INPUT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 
@@ -25,6 +29,21 @@ def render_instruction(instruction: str, input_text: str = "") -> str:
     if input_text and input_text.strip():
         return INSTRUCTION_INPUT_TEMPLATE.format(instruction=instruction.strip(), input=input_text.strip())
     return INSTRUCTION_TEMPLATE.format(instruction=instruction.strip())
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+CHAT_HEADER = "<|{role}|>\n"
+CHAT_TURN = CHAT_HEADER + "{content}\n"
+
+
+def render_chat(messages: Iterable[dict]) -> str:
+    """Messages in picolm's plain-text chat template: each one as "<|role|>\\n{content}\\n"."""
+    return "".join(CHAT_TURN.format(role=m["role"], content=m["content"]) for m in messages)
+
+
+def render_chat_prompt(messages: Iterable[dict]) -> str:
+    """The conversation so far, then the assistant's header: the reply follows it."""
+    return render_chat(messages) + CHAT_HEADER.format(role="assistant")
 
 
 @dataclass
@@ -61,13 +80,18 @@ def prompt_of(row: dict) -> str | None:
     return _text(row, "prompt") if _text(row, "prompt") is not None else _text(row, "input")
 
 
+def response_of(row: dict) -> str | None:
+    """`response`, else `output`, else `completion` (TRL's name)."""
+    return next((_text(row, name) for name in RESPONSE_FIELDS if _text(row, name) is not None), None)
+
+
 def sft_record(row: dict, bad: BadRows, path=None, line: int | None = None, index: int = 0) -> dict | None:
-    """A checked `{id, prompt, response}` from a row with prompt|input and response|output; None if skipped."""
-    prompt = prompt_of(row)
-    response = _text(row, "response") if _text(row, "response") is not None else _text(row, "output")
+    """A checked `{id, prompt, response}` from a row with prompt|input and response|output|completion; None if
+    skipped."""
+    prompt, response = prompt_of(row), response_of(row)
     if prompt is None or response is None:
-        bad.reject("unknown field layout for an SFT row: expected prompt (or input) and response (or output) "
-                   f"strings, found {', '.join(sorted(row)) or 'no fields'}", path=path, line=line)
+        bad.reject("unknown field layout for an SFT row: expected prompt (or input) and response (or output or "
+                   f"completion) strings, found {', '.join(sorted(row)) or 'no fields'}", path=path, line=line)
         return None
     if not response.strip():
         bad.reject("empty response", path=path, line=line, row_field="response")
@@ -99,7 +123,7 @@ def detect_task(row: dict) -> str | None:
         return "dpo"
     if "instruction" in row or "messages" in row:
         return "sft"
-    if ("prompt" in row or "input" in row) and ("response" in row or "output" in row):
+    if ("prompt" in row or "input" in row) and any(name in row for name in RESPONSE_FIELDS):
         return "sft"
     if "text" in row:
         return "text"

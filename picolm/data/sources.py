@@ -2,32 +2,40 @@
 
 A source is built-in (`numeric`, `stories`), a Hugging Face hub dataset loaded with the real
 `datasets.load_dataset` call (text: `tinystories`, `wikitext-103`, `openwebtext`, `fineweb`; examples: `alpaca`,
-`dolly` for SFT, `rm-static`, `hh-rlhf` for preference pairs), a local file (`path.txt`, `path.jsonl[:field]`,
-`path.json[:field]`, `path.parquet[:field]`), or `pairs:SOURCE`: preference pairs built from a text source's
-documents (`corpus_pairs`). `stream_source` yields a text source's documents one at a time instead, for corpora
-larger than memory (the web sources and large local text files).
+`dolly` for SFT, `rm-static`, `hh-rlhf` for preference pairs; `NAME:CONFIG` picks another of the dataset's configs;
+`hf:NAME[:CONFIG]` is any hub dataset or local dataset folder), a local file (`path.txt`, `path.jsonl[:field]`,
+`path.json[:field]`, `path.parquet[:field]`, the text and JSON ones also gzipped as `.gz`), or `pairs:SOURCE`:
+preference pairs built from a text source's documents (`corpus_pairs`). `stream_source` yields a text source's
+documents one at a time instead, for corpora larger than memory (the web sources, `hf:` text datasets and large
+local text files).
 
 Records are text `{"text"}` (numeric also has `"kind"`), SFT `{"id", "prompt", "response"}` or preference
 `{"id", "prompt", "chosen", "rejected"}`; `SourceData.task` says which. A `.jsonl`/`.json` file whose first row is
-not `{"text"}` is an example file: its layout (instruction/input/output, prompt|input with response|output or with
-chosen/rejected, or chat `messages`) is detected from that row and every row must share it. Example rows are
-checked with `sft_record`/`pair_record`; a bad row stops the load with its file and line (hub rows:
-`repo:split` and row number), or is reported on stderr and skipped with `skip_bad_rows=True`.
+not `{"text"}` is an example file: its layout is detected from that row and every row must share it; an `hf:`
+dataset's layout is detected from its columns. The layouts (`example_rows`): instruction/input/output (Alpaca,
+Dolly's context/response), prompt|input with response|output|completion or with chosen/rejected, chosen/rejected
+dialogues without a prompt (Anthropic HH), and TRL's conversational rows (`messages`; prompt/completion or
+chosen/rejected as message lists). Example rows are checked with `sft_record`/`pair_record`; a bad row stops the
+load with its file and line (hub rows: `repo:split` and row number), or is reported on stderr and skipped with
+`skip_bad_rows=True`.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, islice
 from pathlib import Path
 
-from picolm.data.records import BadRows, detect_task, pair_record, render_instruction, sft_record
-from picolm.errors import PicolmError
+from picolm.data.records import (CHAT_ROLES, BadRows, detect_task, pair_record, render_chat_prompt,
+                                 render_instruction, sft_record)
+from picolm.errors import PicolmError, first_line
 
 Records = list[dict]
 
@@ -54,16 +62,15 @@ class HubSource:
     repo: str
     config: str | None
     text_field: str | None  # text sources: the column holding the text
-    splits: dict[str, str] = field(default_factory=dict)  # picolm split -> the dataset's split
+    splits: dict[str, str] = field(default_factory=dict)  # picolm split -> the dataset's; empty: by name (hf:NAME)
     streaming: bool = False
     wikitext_articles: bool = False  # WikiText stores one paragraph per row; regroup into articles
-    task: str = "text"
-    columns: tuple[str, ...] = ()  # example sources: the columns `to_row` reads
-    to_row: Callable[[dict], dict] | None = None  # example sources: a hub row -> a row for sft_record/pair_record
+    task: str | None = "text"  # None: detected from the dataset's columns (hf:NAME)
+    columns: tuple[str, ...] = ()  # example sources: the columns `example_rows` reads
 
     @property
     def needs(self) -> tuple[str, ...]:
-        return self.columns or (self.text_field,)
+        return self.columns or ((self.text_field,) if self.text_field else ())
 
 
 # ---------------------------------------------------------------- example rows -> rows for sft_record/pair_record
@@ -90,21 +97,17 @@ def instruction_row(row: dict, instruction: str = "instruction", input: str = "i
             "response": _string(row, output, "instruction row")}
 
 
-def preference_row(row: dict) -> dict:
-    """A row that already holds prompt, chosen and rejected (rm-static)."""
-    return {name: row.get(name) for name in ("prompt", "chosen", "rejected")}
-
-
 ASSISTANT_MARK = "\n\nAssistant:"
 
 
 def transcript_pair(row: dict) -> dict:
-    """Two full transcripts (hh-rlhf) -> the shared conversation up to and including the chosen transcript's last
-    "\\n\\nAssistant:" as the prompt, and the rest of each as chosen and rejected."""
+    """Two full transcripts (Anthropic HH) -> the shared conversation up to and including the chosen transcript's
+    last "\\n\\nAssistant:" as the prompt, and the rest of each as chosen and rejected."""
     chosen, rejected = _string(row, "chosen", "transcript pair"), _string(row, "rejected", "transcript pair")
     cut = chosen.rfind(ASSISTANT_MARK)
     if cut < 0:
-        raise RowProblem("no '\\n\\nAssistant:' turn in the chosen transcript", row_field="chosen")
+        raise RowProblem("no '\\n\\nAssistant:' turn in the chosen transcript (a preference row without a prompt "
+                         "holds two whole '\\n\\nHuman: ... \\n\\nAssistant: ...' dialogues)", row_field="chosen")
     prompt = chosen[:cut + len(ASSISTANT_MARK)]
     if not rejected.startswith(prompt):
         raise RowProblem("chosen and rejected transcripts differ before the last assistant turn",
@@ -112,34 +115,81 @@ def transcript_pair(row: dict) -> dict:
     return {"prompt": prompt, "chosen": chosen[len(prompt):], "rejected": rejected[len(prompt):]}
 
 
-CHAT_ROLES = ("system", "user", "assistant")
-CHAT_HEADER = "<|{role}|>\n"
-CHAT_TURN = CHAT_HEADER + "{content}\n"
-
-
-def render_chat(messages: Iterable[dict]) -> str:
-    """Messages in picolm's plain-text chat template: each one as "<|role|>\\n{content}\\n"."""
-    return "".join(CHAT_TURN.format(role=m["role"], content=m["content"]) for m in messages)
+def checked_messages(messages, name: str) -> list[dict]:
+    """A list of `{role, content}` messages with known roles, or a `RowProblem` naming the field."""
+    if not isinstance(messages, list):
+        raise RowProblem("expected a list of {role, content} messages", row_field=name)
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise RowProblem(f"message {number}: expected an object with role and content strings", row_field=name)
+        if message.get("role") not in CHAT_ROLES:
+            raise RowProblem(f"message {number}: unknown role {message.get('role')!r} "
+                             f"(use {', '.join(CHAT_ROLES)})", row_field=name)
+    return messages
 
 
 def chat_rows(messages) -> list[dict]:
     """One `{prompt, response}` per assistant turn: the conversation before it, rendered, then "<|assistant|>\\n"."""
-    if not isinstance(messages, list):
-        raise RowProblem("expected a list of {role, content} messages", row_field="messages")
+    messages = checked_messages(messages, "messages")
     for number, message in enumerate(messages, start=1):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise RowProblem(f"message {number}: expected an object with role and content strings",
-                             row_field="messages")
-        if message.get("role") not in CHAT_ROLES:
-            raise RowProblem(f"message {number}: unknown role {message.get('role')!r} "
-                             f"(use {', '.join(CHAT_ROLES)})", row_field="messages")
         if message["role"] == "assistant" and not message["content"].strip():
             raise RowProblem(f"message {number}: empty assistant turn", row_field="messages")
-    rows = [{"prompt": render_chat(messages[:i]) + CHAT_HEADER.format(role="assistant"),
-             "response": m["content"]} for i, m in enumerate(messages) if m["role"] == "assistant"]
+    rows = [{"prompt": render_chat_prompt(messages[:i]), "response": m["content"]}
+            for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not rows:
         raise RowProblem("no assistant turn", row_field="messages")
     return rows
+
+
+def _reply(messages: list[dict], name: str) -> str:
+    """The one assistant message that answers a conversational prompt."""
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        found = ", ".join(m["role"] for m in messages) or "nothing"
+        raise RowProblem(f"expected one assistant message after the prompt, found {found}", row_field=name)
+    return messages[0]["content"]
+
+
+def conversation_completion(row: dict) -> dict:
+    """TRL's conversational prompt-completion row -> `{prompt, response}` in the chat template."""
+    return {"prompt": render_chat_prompt(checked_messages(row["prompt"], "prompt")),
+            "response": _reply(checked_messages(row.get("completion"), "completion"), "completion")}
+
+
+def conversation_pair(row: dict) -> dict:
+    """TRL's conversational preference row -> `{prompt, chosen, rejected}`: the prompt is the row's `prompt`
+    messages, else the messages chosen and rejected share (TRL's implicit prompt), in the chat template; chosen and
+    rejected are the assistant replies after it."""
+    chosen, rejected = checked_messages(row.get("chosen"), "chosen"), checked_messages(row.get("rejected"), "rejected")
+    if chosen == rejected:
+        raise RowProblem("chosen and rejected are identical: the pair teaches nothing", row_field="rejected")
+    if "prompt" in row:
+        prompt = checked_messages(row["prompt"], "prompt")
+    else:
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    return {"prompt": render_chat_prompt(prompt), "chosen": _reply(chosen, "chosen"),
+            "rejected": _reply(rejected, "rejected")}
+
+
+def example_rows(row: dict, task: str, index: int) -> list[dict]:
+    """An example row in any accepted layout -> rows for sft_record/pair_record, keeping the row's id."""
+    base = row.get("id", index)
+    if task == "sft" and "messages" in row:
+        return [{**r, "id": f"{base}-{turn}"} for turn, r in enumerate(chat_rows(row["messages"]))]
+    if task == "sft" and "instruction" in row:
+        converted = instruction_row(row, input="context" if "context" in row and "input" not in row else "input",
+                                    output="response" if "response" in row and "output" not in row else "output")
+    elif task == "sft" and isinstance(row.get("prompt"), list):
+        converted = conversation_completion(row)
+    elif task == "dpo" and any(isinstance(row.get(name), list) for name in ("prompt", "chosen", "rejected")):
+        converted = conversation_pair(row)
+    elif task == "dpo" and "prompt" not in row and "input" not in row:
+        converted = transcript_pair(row)
+    else:
+        return [row]
+    return [{**converted, "id": base}]
 
 
 def _checked(task: str, rows: Callable[[], list[dict]], bad: BadRows, path, line: int, index: int) -> Records:
@@ -163,38 +213,57 @@ HUB_SOURCES = {
                               wikitext_articles=True),
     "openwebtext": HubSource("Skylion007/openwebtext", None, "text", {"train": "train"}, streaming=True),
     "fineweb": HubSource("HuggingFaceFW/fineweb", "sample-10BT", "text", {"train": "train"}, streaming=True),
-    # example sources; a dataset's only held-out split becomes picolm's validation (halved into val and test)
+    # example sources, read by `example_rows`; a dataset's only held-out split becomes picolm's validation (halved
+    # into val and test)
     "alpaca": HubSource("tatsu-lab/alpaca", None, None, {"train": "train"}, task="sft",
-                        columns=("instruction", "input", "output"), to_row=instruction_row),
+                        columns=("instruction", "input", "output")),
     "dolly": HubSource("databricks/databricks-dolly-15k", None, None, {"train": "train"}, task="sft",
-                       columns=("instruction", "context", "response"),
-                       to_row=partial(instruction_row, input="context", output="response")),
+                       columns=("instruction", "context", "response")),
     "rm-static": HubSource("Dahoas/rm-static", None, None, {"train": "train", "validation": "test"}, task="dpo",
-                           columns=("prompt", "chosen", "rejected"), to_row=preference_row),
+                           columns=("prompt", "chosen", "rejected")),
     "hh-rlhf": HubSource("Anthropic/hh-rlhf", None, None, {"train": "train", "validation": "test"}, task="dpo",
-                         columns=("chosen", "rejected"), to_row=transcript_pair),
+                         columns=("chosen", "rejected")),
 }
+HF_PREFIX = "hf:"
+VALIDATION_NAMES = ("validation", "valid", "dev", "val")  # an hf: dataset's validation split, by these names
 BUILTIN_SOURCES = ("numeric", "stories", "horror-sft", "horror-dpo")
 TALES_PER_STORY = 1 / 6  # the story corpus mixes in horror and wholesome tales, so a base model knows both registers
 SEED_OFFSETS = {"stories": 0, "horror-sft": 1, "horror-dpo": 2}  # different specs for each built-in source
 PAIRS_PREFIX = "pairs:"
 WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
 BLANK_LINE = re.compile(r"\n[ \t]*\n")
-FIELD_SUFFIX = re.compile(r"^(?P<path>.+\.(?:jsonl|json|parquet)):(?P<field>[^/\\]+)$")
+FIELD_SUFFIX = re.compile(r"^(?P<path>.+\.(?:jsonl|json|parquet)(?:\.gz)?):(?P<field>[^/\\]+)$")
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
 TEXT_PROBE_BYTES = 1 << 20  # streamed .txt files: the layout (blocks or lines) is decided on this much
-LAYOUTS = ("text; instruction with output; prompt (or input) with response (or output); "
-           "prompt (or input) with chosen and rejected; or messages")
+LAYOUTS = ("text; instruction with output; prompt (or input) with response (or output or completion); "
+           "prompt (or input) with chosen and rejected; chosen and rejected dialogues; or messages")
+
+
+def _file_kind(path: Path) -> str:
+    """The suffix that says what a file holds, seen through a `.gz`: "x.jsonl.gz" -> ".jsonl"."""
+    return Path(path.stem).suffix.lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """`(line number, bytes)` for each line of a file, decompressed as it is read when its name ends in `.gz`."""
+    if path.suffix.lower() != ".gz":
+        with path.open("rb") as f:
+            yield from enumerate(f, start=1)
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            yield from enumerate(f, start=1)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise PicolmError(f"not a readable gzip file ({exc})", path=path) from None
 
 
 def _text_lines(path: Path) -> Iterator[str]:
     """The file's lines, decoded as UTF-8 (a bad byte is named by its line), without line ends."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                yield raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                raise PicolmError("not UTF-8 text", path=path, line=number) from None
+    for number, raw in _raw_lines(path):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise PicolmError("not UTF-8 text", path=path, line=number) from None
 
 
 def _blocks(lines: list[str]) -> list[str]:
@@ -242,16 +311,15 @@ def stream_text_file(path: Path, probe_bytes: int = TEXT_PROBE_BYTES) -> Iterato
 
 def _json_array_start(path: Path) -> bool:
     """Whether the file's first non-blank character is "[" (a JSON array rather than JSON Lines)."""
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 16):
-            stripped = chunk.lstrip(b"\xef\xbb\xbf \t\r\n")
-            if stripped:
-                return stripped.startswith(b"[")
+    for _, raw in _raw_lines(path):
+        stripped = raw.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if stripped:
+            return stripped.startswith(b"[")
     return False
 
 
 def _json_array_rows(path: Path) -> Iterator[tuple[int, object]]:
-    data = path.read_bytes()
+    data = b"".join(raw for _, raw in _raw_lines(path))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -282,21 +350,21 @@ def _json_array_rows(path: Path) -> Iterator[tuple[int, object]]:
 
 
 def read_json_rows(path: Path) -> Iterator[tuple[int, object]]:
-    """`(line, row)` for each row of a JSON Lines file, or of a `.json` file holding one array of rows."""
-    if path.suffix.lower() == ".json" and _json_array_start(path):
+    """`(line, row)` for each row of a JSON Lines file, or of a `.json` file holding one array of rows (either
+    gzipped when its name ends in `.gz`)."""
+    if _file_kind(path) == ".json" and _json_array_start(path):
         yield from _json_array_rows(path)
         return
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-            except UnicodeDecodeError:
-                raise PicolmError("not UTF-8 text", path=path, line=number) from None
-            except json.JSONDecodeError as exc:
-                raise PicolmError(f"not valid JSON ({exc.msg})", path=path, line=number) from None
-            yield number, row
+    for number, raw in _raw_lines(path):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+        except UnicodeDecodeError:
+            raise PicolmError("not UTF-8 text", path=path, line=number) from None
+        except json.JSONDecodeError as exc:
+            raise PicolmError(f"not valid JSON ({exc.msg})", path=path, line=number) from None
+        yield number, row
 
 
 def _row_texts(rows: Iterable[tuple[int, object]], path: Path, text_field: str, bad: BadRows,
@@ -326,18 +394,6 @@ def read_jsonl_file(path: Path, text_field: str, bad: BadRows | None = None) -> 
     return _text_records(read_json_rows(path), path, text_field, bad or BadRows())
 
 
-def _local_rows(row: dict, task: str, index: int) -> list[dict]:
-    """A local example row -> rows for sft_record/pair_record, keeping the row's id."""
-    if task == "sft" and "messages" in row:
-        base = row.get("id", index)
-        return [{**r, "id": f"{base}-{turn}"} for turn, r in enumerate(chat_rows(row["messages"]))]
-    if task == "sft" and "instruction" in row:
-        converted = instruction_row(row, input="context" if "context" in row and "input" not in row else "input",
-                                    output="response" if "response" in row and "output" not in row else "output")
-        return [{**converted, "id": row.get("id", index)}]
-    return [row]
-
-
 def read_example_file(path: Path, bad: BadRows) -> SourceData:
     """A `.jsonl`/`.json` file, its layout detected from the first row: text, sft or dpo records."""
     rows = read_json_rows(path)
@@ -363,7 +419,7 @@ def read_example_file(path: Path, bad: BadRows) -> SourceData:
             bad.reject(f"row layout is {layout or 'unknown'} ({found or 'no fields'}), but the file's first row is "
                        f"{task}; every row must share one layout", path=path, line=number)
             continue
-        records += _checked(task, partial(_local_rows, row, task, index), bad, path, number, index)
+        records += _checked(task, partial(example_rows, row, task, index), bad, path, number, index)
     if not records:
         raise PicolmError("file holds no usable examples", path=path)
     return SourceData({"all": records}, task=task)
@@ -399,8 +455,9 @@ def load_local(spec: str, bad: BadRows | None = None) -> SourceData:
     if not path.exists():
         raise PicolmError("no such file", path=path)
     if path.is_dir():
-        raise PicolmError("is a directory; name a .txt, .jsonl, .json or .parquet file", path=path)
-    suffix = path.suffix.lower()
+        raise PicolmError("is a directory; name a .txt, .jsonl, .json or .parquet file, or pass hf:FOLDER for a "
+                          "dataset folder", path=path)
+    suffix = _file_kind(path)
     if suffix in (".jsonl", ".json"):
         return SourceData({"all": read_jsonl_file(path, text_field, bad)}) if text_field else \
             read_example_file(path, bad)
@@ -428,7 +485,7 @@ def stream_local(spec: str) -> Iterator[str]:
     path, text_field = _split_field(spec, "text")
     if not path.is_file():
         raise PicolmError("no such file" if not path.exists() else "is not a file", path=path)
-    suffix = path.suffix.lower()
+    suffix = _file_kind(path)
     if suffix == ".jsonl":
         return _row_texts(read_json_rows(path), path, text_field, BadRows(), layout_hint=True)
     if suffix == ".parquet":
@@ -467,49 +524,111 @@ def _hub_examples(rows, source: HubSource, split: str, bad: BadRows, limit: int 
     records: Records = []
     where = f"{source.repo}:{split}"
     for index, row in enumerate(rows):
-        records += _checked(source.task, lambda: [source.to_row(row)], bad, where, index + 1, index)
+        records += _checked(source.task, partial(example_rows, row, source.task, index), bad, where, index + 1, index)
         if limit is not None and len(records) >= limit:
             return records[:limit]
     return records
 
 
-def _hub_split(name: str, source: HubSource, path: str, config: str | None, split: str):
+def hub_source(spec: str, text_field: str | None = None) -> HubSource | None:
+    """The hub dataset a spec names, or None: `NAME[:CONFIG]` is a known source (CONFIG: another of its dataset's
+    configs), `hf:NAME[:CONFIG]` any hub dataset or local dataset folder, its text in the column `text_field` or,
+    without one, its layout read from its columns."""
+    if spec.startswith(HF_PREFIX):
+        name, _, config = spec[len(HF_PREFIX):].partition(":")
+        if not name:
+            raise PicolmError("name a dataset, as in hf:roneneldan/TinyStories or hf:Salesforce/wikitext:"
+                              "wikitext-2-raw-v1", field=spec)
+        return HubSource(name, config or None, text_field, task="text" if text_field else None)
+    name, _, config = spec.partition(":")
+    source = HUB_SOURCES.get(name)
+    return replace(source, config=config) if source is not None and config else source
+
+
+def _unloadable(spec: str, what: str, exc: Exception, local: bool) -> PicolmError:
+    if local:
+        return PicolmError(f"could not load {what} from the local copy ({first_line(exc)}); --hub-dir takes a folder "
+                           "of the dataset's files, laid out as on the hub", field=spec)
+    return PicolmError(f"could not load {what} ({first_line(exc)}); without internet, download it first or pass "
+                       "--hub-dir with a local copy", field=spec)
+
+
+def _hub_split(spec: str, source: HubSource, path: str, config: str | None, split: str, local: bool):
     """One split through `datasets.load_dataset`; every failure becomes one clear line."""
     import datasets
 
     try:
         rows = datasets.load_dataset(path, config, split=split, streaming=source.streaming)
     except Exception as exc:  # network, missing split, schema: all become one clear line
-        raise PicolmError(f"could not load {source.repo} split {split!r} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                          "without internet, download it first or pass --hub-dir with a local copy",
-                          field=name) from None
+        raise _unloadable(spec, f"{source.repo} split {split!r}", exc, local) from None
     for column in source.needs:
         if column not in (rows.column_names or [column]):  # streaming datasets may not know their columns
             raise PicolmError(f"dataset has no field {column!r}", path=path, field=column)
     return rows
 
 
-def load_hub(name: str, hub_dir: str | None = None, limit: int | None = None,
-             bad: BadRows | None = None) -> SourceData:
-    """Load a hub dataset with `datasets.load_dataset`; `hub_dir` points the same call at a local copy.
-    `limit` caps the documents (or example records) per split."""
-    source = HUB_SOURCES[name]
+def _split_plan(spec: str, source: HubSource, path: str, config: str | None, local: bool,
+                use_source_splits: bool) -> dict[str, str]:
+    """picolm split -> the dataset's split. A local copy or an hf: dataset is asked which splits it holds (an hf:
+    dataset's are found by name); to be re-split (`use_source_splits=False`), every split it holds is loaded."""
+    if source.splits and not local:
+        return source.splits
+    import datasets
+
+    try:
+        held = list(datasets.get_dataset_split_names(path, config))
+    except Exception as exc:  # as in _hub_split
+        raise _unloadable(spec, f"the splits of {source.repo}", exc, local) from None
+    if not use_source_splits:
+        return {name: name for name in held}
+    if source.splits:
+        plan = source.splits
+    else:
+        held_out = [next((n for n in VALIDATION_NAMES if n in held), None), "test" if "test" in held else None]
+        plan = dict(zip(("train", "validation", "test"), ["train", *filter(None, held_out)]))
+    missing = [repr(theirs) for theirs in plan.values() if theirs not in held]
+    if missing:
+        raise PicolmError(f"{'the local copy' if local else source.repo} has no {' or '.join(missing)} split (it "
+                          f"holds {', '.join(held) or 'none'}); pass --split-ratios to re-split what it holds",
+                          field=spec)
+    return plan
+
+
+def _with_layout(spec: str, source: HubSource, rows) -> HubSource:
+    """An hf: dataset without a named text field: its task, read from its columns as a local file's from its rows."""
+    if source.task is not None:
+        return source
+    columns = rows.column_names or []
+    task = detect_task(dict.fromkeys(columns))
+    if task is None:
+        raise PicolmError(f"no text column and no example layout ({LAYOUTS}) in its columns "
+                          f"({', '.join(columns) or 'none known'}); name the text column with --field", field=spec)
+    return replace(source, task=task, text_field="text" if task == "text" else None)
+
+
+def load_hub(spec: str, hub_dir: str | None = None, limit: int | None = None, bad: BadRows | None = None,
+             text_field: str | None = None, use_source_splits: bool = True) -> SourceData:
+    """Load a hub dataset (`hub_source`) with `datasets.load_dataset`; `hub_dir` points the same call at a local
+    copy. `limit` caps the documents (or example records) per split. With `use_source_splits=False`, every split
+    of the dataset or copy is loaded, to be merged and re-split: a copy holding only some splits is usable."""
+    source = hub_source(spec, text_field)
     bad = bad if bad is not None else BadRows()
     path, config = (hub_dir, None) if hub_dir else (source.repo, source.config)
     splits = {}
-    for ours, theirs in source.splits.items():
-        rows = _hub_split(name, source, path, config, theirs)
-        splits[ours] = ([{"text": t} for t in _hub_texts(rows, source, limit)] if source.to_row is None
+    for ours, theirs in _split_plan(spec, source, path, config, bool(hub_dir), use_source_splits).items():
+        rows = _hub_split(spec, source, path, config, theirs, bool(hub_dir))
+        source = _with_layout(spec, source, rows)
+        splits[ours] = ([{"text": t} for t in _hub_texts(rows, source, limit)] if source.task == "text"
                         else _hub_examples(rows, source, theirs, bad, limit))
-    return SourceData(splits if len(splits) > 1 else {"all": splits["train"]}, task=source.task)
+    return SourceData(splits if len(splits) > 1 else {"all": next(iter(splits.values()))}, task=source.task)
 
 
-def stream_hub(name: str, hub_dir: str | None = None) -> Iterator[str]:
-    """The documents of a one-split hub text source, read through `datasets`' streaming mode."""
-    source = HUB_SOURCES[name]
+def stream_hub(spec: str, source: HubSource, hub_dir: str | None = None) -> Iterator[str]:
+    """The documents of a hub text source's train split, read through `datasets`' streaming mode."""
     path, config = (hub_dir, None) if hub_dir else (source.repo, source.config)
-    return _hub_texts(_hub_split(name, source, path, config, source.splits["train"]), source, None)
+    split = _split_plan(spec, source, path, config, bool(hub_dir), True)["train"]
+    rows = _hub_split(spec, replace(source, streaming=True), path, config, split, bool(hub_dir))
+    return _hub_texts(rows, source, None)
 
 
 def load_builtin(name: str, options: dict) -> SourceData:
@@ -536,8 +655,8 @@ def load_builtin(name: str, options: dict) -> SourceData:
 
 # ---------------------------------------------------------------- preference pairs from a text corpus
 
-PAIR_MIN_WORDS = 24  # shorter documents are skipped
-PAIR_PROMPT_WORDS = (8, 240)  # the prompt is the first third of the words, within these bounds
+PAIR_MIN_WORDS = 4  # shorter documents are skipped
+PAIR_PROMPT_WORDS = (8, 240)  # the prompt is the first third of the words, within these bounds (at most half)
 PAIR_CONTINUATION_WORDS = 120  # the chosen continuation is at most this long
 WORD = re.compile(r"\S+")
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
@@ -572,8 +691,9 @@ def _other_continuation(docs: list[tuple[int, str, str]], n: int, rng: random.Ra
 
 
 def corpus_pairs(records: Records, seed: int = 0) -> Records:
-    """Preference pairs from documents: prompt = a document's first third, chosen = its true continuation,
-    rejected = that continuation with its sentences shuffled, or another document's continuation."""
+    """Preference pairs from documents: prompt = a document's first third (at least 8 words, or half of a shorter
+    document, such as a numeric sequence), chosen = its true continuation, rejected = that continuation with its
+    sentences shuffled, or another document's continuation."""
     docs = []  # (record index, prompt, continuation)
     for index, record in enumerate(records):
         text = record["text"]
@@ -581,7 +701,7 @@ def corpus_pairs(records: Records, seed: int = 0) -> Records:
         if len(ends) < PAIR_MIN_WORDS:
             continue
         low, high = PAIR_PROMPT_WORDS
-        cut = min(max(len(ends) // 3, low), high)
+        cut = min(max(len(ends) // 3, min(low, len(ends) // 2)), high)
         stop = min(len(ends), cut + PAIR_CONTINUATION_WORDS)
         docs.append((index, text[:ends[cut - 1]], text[ends[cut - 1]:ends[stop - 1]]))
     rng = random.Random(seed)
@@ -595,12 +715,13 @@ def corpus_pairs(records: Records, seed: int = 0) -> Records:
     return pairs
 
 
-def load_pairs(spec: str, options: dict, hub_dir: str | None, limit: int | None, bad: BadRows) -> SourceData:
+def load_pairs(spec: str, options: dict, hub_dir: str | None, limit: int | None, bad: BadRows,
+               use_source_splits: bool = True) -> SourceData:
     """`pairs:SOURCE`: `corpus_pairs` on each split of a text source, seeded by `options["seed"]`."""
     inner = spec[len(PAIRS_PREFIX):]
     if not inner:
         raise PicolmError("name the text source to build pairs from, as in pairs:stories", field=spec)
-    data = _load(inner, options, hub_dir, limit, bad)
+    data = _load(inner, options, hub_dir, limit, bad, use_source_splits)
     if data.task != "text":
         raise PicolmError(f"pairs are built from a text source; {inner} holds {data.task} examples", field=spec)
     splits = {name: corpus_pairs(records, options.get("seed") or 0) for name, records in data.splits.items()}
@@ -614,41 +735,47 @@ def load_pairs(spec: str, options: dict, hub_dir: str | None, limit: int | None,
 # ---------------------------------------------------------------- any source by name
 
 
-def _load(spec: str, options: dict, hub_dir: str | None, limit: int | None, bad: BadRows) -> SourceData:
+def _load(spec: str, options: dict, hub_dir: str | None, limit: int | None, bad: BadRows,
+          use_source_splits: bool = True) -> SourceData:
     if spec.startswith(PAIRS_PREFIX):
-        return load_pairs(spec, options, hub_dir, limit, bad)
+        return load_pairs(spec, options, hub_dir, limit, bad, use_source_splits)
     if spec in BUILTIN_SOURCES:
         return load_builtin(spec, options)
-    if spec in HUB_SOURCES:
-        return load_hub(spec, hub_dir, limit, bad)
+    if hub_source(spec) is not None:
+        return load_hub(spec, hub_dir, limit, bad, options.get("text_field"), use_source_splits)
     if Path(_split_field(spec, None)[0]).suffix or Path(spec).exists():
         return load_local(spec, bad)
     text = ", ".join(BUILTIN_SOURCES + tuple(n for n, s in HUB_SOURCES.items() if s.task == "text"))
     examples = ", ".join(n for n, s in HUB_SOURCES.items() if s.task != "text")
-    raise PicolmError(f"unknown source; use one of {text} (text), {examples} (examples), {PAIRS_PREFIX}SOURCE "
-                      "(preference pairs from a text source), or a .txt/.jsonl/.json/.parquet file", field=spec)
+    raise PicolmError(f"unknown source; use one of {text} (text), {examples} (examples), {HF_PREFIX}NAME[:CONFIG] "
+                      f"(any hub dataset), {PAIRS_PREFIX}SOURCE (preference pairs from a text source), or a "
+                      ".txt/.jsonl/.json/.parquet file", field=spec)
 
 
-def stream_source(spec: str, hub_dir: str | None = None, limit: int | None = None) -> Iterator[str]:
-    """A text source's documents one at a time, never held together: the web sources through `datasets`'
-    streaming mode, local text files line by line; at most `limit` of them."""
-    source = HUB_SOURCES.get(spec)
-    if source is not None and source.streaming:
-        texts = stream_hub(spec, hub_dir)
+def stream_source(spec: str, hub_dir: str | None = None, limit: int | None = None,
+                  text_field: str | None = None) -> Iterator[str]:
+    """A text source's documents one at a time, never held together: the web sources and hf: datasets (their
+    `text_field`, default "text") through `datasets`' streaming mode, local text files line by line; at most
+    `limit` of them."""
+    source = hub_source(spec, text_field or "text")
+    if source is not None and (source.streaming or spec.startswith(HF_PREFIX)):
+        texts = stream_hub(spec, source, hub_dir)
     elif source is None and spec not in BUILTIN_SOURCES and not spec.startswith(PAIRS_PREFIX):
         texts = stream_local(spec)
     else:
         web = ", ".join(n for n, s in HUB_SOURCES.items() if s.streaming)
-        raise PicolmError(f"streaming reads the web sources ({web}) and local .txt, .jsonl and .parquet text files; "
-                          "prepare this source without --stream", field=spec)
+        raise PicolmError(f"streaming reads the web sources ({web}), {HF_PREFIX}NAME text datasets and local .txt, "
+                          ".jsonl and .parquet text files; prepare this source without --stream", field=spec)
     return islice(texts, limit)
 
 
-def load_source(spec: str, options: dict | None = None, hub_dir: str | None = None,
-                limit: int | None = None, skip_bad_rows: bool = False) -> SourceData:
+def load_source(spec: str, options: dict | None = None, hub_dir: str | None = None, limit: int | None = None,
+                skip_bad_rows: bool = False, use_source_splits: bool = True) -> SourceData:
     """A source's records by split; with `skip_bad_rows`, unusable example rows are dropped and listed on
-    stderr instead of stopping the load."""
+    stderr instead of stopping the load. `options`: the built-in sources' settings (`num_sequences`, `seed`, ...)
+    and `text_field`, an hf: dataset's text column. `use_source_splits=False`: the splits will be merged and re-split
+    (see `load_hub`)."""
     bad = BadRows(skip=skip_bad_rows)
-    data = _load(spec, options or {}, hub_dir, limit, bad)
+    data = _load(spec, options or {}, hub_dir, limit, bad, use_source_splits)
     bad.report()
     return data

@@ -160,13 +160,13 @@ def prepare_stream(options: PrepareOptions, log=print) -> dict:
         raise PicolmError(f"the {kind} vocabulary needs every symbol of the corpus first; stream with bpe, gpt2 "
                           "or hf:NAME_OR_PATH", field="--tokenizer")
     out = Path(options.out)
-    texts = stream_source(options.source, options.hub_dir, options.limit)
+    texts = stream_source(options.source, options.hub_dir, options.limit, options.field)
     sample = {"documents": 0, "bytes": 0}
     if kind == "bpe":  # a first pass over the stream's start; the second pass below encodes everything
         log(f"training a {options.vocab_size:,}-token BPE on the first {options.tokenizer_sample_mb:g} MB of "
             "train documents")
         tokenizer = train_bpe(tokenizer_sample(texts, options, sample), options.vocab_size)
-        texts = stream_source(options.source, options.hub_dir, options.limit)
+        texts = stream_source(options.source, options.hub_dir, options.limit, options.field)
     else:
         tokenizer = build_tokenizer(kind, {}, options)
     tokenizer.save(out / "tokenizer")
