@@ -90,7 +90,8 @@ def test_compare_writes_one_table_and_one_plot(trained_run, numeric_data, tmp_pa
     report = (tmp_path / "cmp" / "compare.md").read_text()
     header, _, first, second = report.split("\n\n")[1].splitlines()
     assert "val/loss" in header and "best val/loss" in header
-    assert first.startswith("| numeric | 20 |") and second.startswith("| longer | 30 |")
+    assert first.startswith("| numeric | train.max_steps=20 | 20 |")  # the settings that set the runs apart
+    assert second.startswith("| longer | train.max_steps=30 | 30 |")
     assert first in table and (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
     assert main(["compare", str(trained_run), str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
