@@ -208,7 +208,9 @@ def test_post_training_report_compares_stages_on_whatever_data_is_given(pipeline
     assert set(pairs_only["stages"]["sft"]) == {"checkpoint_step", "chosen_more_likely", "logps_accuracy", "samples"}
     assert pairs_only["stages"]["sft"]["logps_accuracy"] == sft["logps_accuracy"]
     text = write_report(tmp_path, pairs_only, None, 1.0, training).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| model |")).split("|")[2:-1]
+    assert [cell.strip() for cell in header] == ["chosen more likely", "log-prob accuracy"]  # none measured the rest
     row = next(line for line in text.splitlines() if line.startswith("| base |")).split("|")[2:-1]
-    assert [cell.strip() == "—" for cell in row] == [True, True, False, True, False, True, True, True, True, True]
+    assert all(cell.strip() != "—" for cell in row)
     with pytest.raises(PicolmError, match="references: sft -> dpo"):
         evaluate_stages(stages, None, None, references={"sft": "dpo"})

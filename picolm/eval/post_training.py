@@ -157,7 +157,7 @@ def write_report(out: Path, results: dict, curves: Path | None, minutes: float, 
     from every model. `training` maps each model to its budget, steps trained and training minutes; a model's loss
     curve is linked where its run is `out/<model>`."""
     stages = results["stages"]
-    columns = _columns(results)
+    columns = [column for column in _columns(results) if any(column[0] in stage for stage in stages.values())]
     lines = [f"# {title}", "", " ".join(filter(None, [description.strip(),
                                                        f"{minutes:.1f} minutes in all on this machine."])),
              _held_out(results), "",
