@@ -244,10 +244,14 @@ def write_pair(spec: StorySpec, rng: random.Random) -> tuple[str, str]:
     return horror_story(spec, rng), wholesome_story(spec, rng)
 
 
-def horror_lexicon_rate(text: str) -> float:
-    """The fraction of words in HORROR_LEXICON, lower-cased and without punctuation."""
+def lexicon_rate(text: str, lexicon) -> float:
+    """The fraction of the text's words in `lexicon`, lower-cased and without punctuation; 0 without words."""
     words = [word for word in (token.strip(string.punctuation) for token in text.lower().split()) if word]
-    return sum(word in HORROR_LEXICON for word in words) / len(words) if words else 0.0
+    return sum(word in lexicon for word in words) / len(words) if words else 0.0
+
+
+def horror_lexicon_rate(text: str) -> float:
+    return lexicon_rate(text, HORROR_LEXICON)
 
 
 def _told_specs(n: int, seed: int, writer: StoryWriter):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from picolm.data.specs import HORROR_LEXICON
+from picolm.data.specs import HORROR_LEXICON, lexicon_rate
 from picolm.errors import PicolmError
 
 
@@ -16,10 +15,7 @@ class Lexicon:
     words: frozenset[str]
 
     def rate(self, text: str) -> float:
-        """The share of the text's words in the lexicon: lower-cased, punctuation stripped from each end (as
-        picolm.data.specs.horror_lexicon_rate counts them); 0 for a text without words."""
-        words = [word for word in (token.strip(string.punctuation) for token in text.lower().split()) if word]
-        return sum(word in self.words for word in words) / len(words) if words else 0.0
+        return lexicon_rate(text, self.words)
 
     def mean_rate(self, texts: list[str]) -> float:
         """The rate of each text, averaged over the texts (each text weighs the same, however long)."""
