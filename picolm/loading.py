@@ -1,4 +1,5 @@
-"""A model from any checkpoint (its architecture read from it) or from what `train.init_from` names."""
+"""A model from any checkpoint (its architecture read from it; a LoRA run's with its adapters merged) or from what
+`train.init_from` names."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from picolm.checkpoint import find_checkpoint, load_checkpoint
-from picolm.config import ModelConfig
+from picolm.config import LoraConfig, ModelConfig
 from picolm.errors import PicolmError, first_line
 from picolm.models.build import NETWORKS, build_model
 from picolm.tokenizer import Tokenizer, tokenizer_from_dict
@@ -29,19 +30,34 @@ def model_config_from_checkpoint(state: dict, path) -> ModelConfig:
         raise PicolmError(f"model_config does not fit this picolm ({exc})", path=path) from None
 
 
+def checkpoint_adapters(state: dict, path) -> LoraConfig:
+    """The LoRA settings a checkpoint was trained with (rank 0: none)."""
+    try:
+        return LoraConfig(**(state.get("train_config") or {}).get("lora", {}))
+    except TypeError as exc:
+        raise PicolmError(f"its LoRA settings do not fit this picolm ({exc})", path=path) from None
+
+
 def load_model(target: str | Path, device="cpu") -> LoadedModel:
-    """A run directory (its best, else last, checkpoint) or a checkpoint file -> model in eval mode."""
+    """A run directory (its best, else last, checkpoint) or a checkpoint file -> model in eval mode; a LoRA run's
+    adapters merged into its weights, so it is a plain model of its architecture."""
     path = find_checkpoint(target)
     state = load_checkpoint(path, mmap=True)
     if state["architecture"] not in (*NETWORKS, "hf"):
         raise PicolmError(f"unknown architecture {state['architecture']!r}", path=path)
+    adapters = checkpoint_adapters(state, path)
     try:
         if state["architecture"] == "hf":
             from picolm.interop.hf import hf_model_from_checkpoint
 
-            model = hf_model_from_checkpoint(state["model_config"], state["model_state_dict"])
+            model = hf_model_from_checkpoint(state["model_config"])
         else:
             model = build_model(model_config_from_checkpoint(state, path))
+        if adapters.rank:
+            from picolm.interop.lora import merged
+
+            model = merged(model, adapters, state["model_state_dict"])
+        else:
             model.load_state_dict(state["model_state_dict"])
     except (RuntimeError, ValueError) as exc:  # tensors missing, extra or of another shape than model_config says
         raise PicolmError(f"its weights do not fit its model_config ({first_line(exc)})", path=path) from None

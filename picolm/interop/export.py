@@ -4,6 +4,8 @@ The class follows the architecture: a GPT-2-shaped GPT (learned positions, GELU,
 written as `GPT2LMHeadModel`, a Llama-shaped one (RoPE, SwiGLU, RMSNorm) as `LlamaForCausalLM` and one with RoPE,
 GELU and LayerNorm as `GPTNeoXForCausalLM`, so they load where picolm is not installed; a run trained from
 `--hf-model` as its own class; any other picolm model as `PicolmForCausalLM` (picolm/interop/picolm_transformers.py).
+A LoRA run is written as a plain model of its class: `load_model` merges its adapters into the weights (peft's
+`merge_and_unload`), so the folder needs no peft.
 Beside the weights go generation_config.json and a fast tokenizer that encodes text exactly as picolm's does.
 `transformers` is imported inside the functions.
 """

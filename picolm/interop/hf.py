@@ -324,8 +324,9 @@ def hf_checkpoint_config(model: HFCausalLM) -> dict:
     return {**asdict(model.config), "arch": "hf", "hf_config": model.hf_config_dict()}
 
 
-def hf_model_from_checkpoint(model_config_dict: dict, state_dict) -> HFCausalLM:
-    """Rebuild the model from a checkpoint's `model_config` (with its `hf_config`) and `HFCausalLM.state_dict()`."""
+def hf_model_from_checkpoint(model_config_dict: dict, state_dict=None) -> HFCausalLM:
+    """Rebuild the model from a checkpoint's `model_config` (with its `hf_config`) and `HFCausalLM.state_dict()`
+    (without one, the weights are left to the caller: a LoRA run's hold adapters, merged as they load)."""
     hf_config = dict(model_config_dict.get("hf_config") or {})
     model_type = hf_config.pop("model_type", None)
     if not model_type:
@@ -339,7 +340,8 @@ def hf_model_from_checkpoint(model_config_dict: dict, state_dict) -> HFCausalLM:
         raise PicolmError(f"cannot rebuild the Hugging Face model ({first_line(exc)})", field="model_config") \
             from None
     model = HFCausalLM(hf_model)
-    model.load_state_dict(state_dict)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
     trained = model_config_dict.get("block_size") or 0
     if 0 < trained < model.config.block_size:  # a run may train a shorter context than the model's positions
         model.config = replace(model.config, block_size=trained)

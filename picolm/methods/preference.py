@@ -1,5 +1,6 @@
 """Preference training (the DPO family): the losses on sequence log-probabilities, as in the papers and in TRL, the
-frozen reference (precomputed once, or a live copy of the starting policy), and the reward metrics.
+frozen reference (precomputed once, or a live copy of the starting policy; for a model carrying LoRA adapters, the
+model itself with its adapters off), and the reward metrics.
 
 Each loss takes the summed (or length-normalised) log-probabilities of the chosen and rejected responses under
 the policy and the frozen reference, and returns per-pair losses and the implicit rewards
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +51,34 @@ def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, 
     return losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 
+def adapter_layers(model) -> list:
+    """The peft adapter layers (LoRA) of `model`, which peft marks with `peft_config`; none for a plain model."""
+    if getattr(model, "peft_config", None) is None:
+        return []
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+
+
+@contextmanager
+def base_weights(model):
+    """`model` as it started: in eval mode, and, when it carries LoRA adapters, with them off (their weights are the
+    only ones that train, so the rest is the starting policy). Afterwards as it was."""
+    layers, was_training = adapter_layers(model), model.training
+    model.eval()
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        model.train(was_training)
+
+
 class Preference(Objective):
     """The DPO family against a frozen reference: its log-probabilities come precomputed in the batch, or from
-    a live copy of the starting policy."""
+    a live copy of the starting policy (the policy itself, adapters off, when only LoRA adapters train)."""
 
     def __init__(self, config: ObjectiveConfig):
         self.config = config
@@ -64,16 +91,19 @@ class Preference(Objective):
         return self.config.length_normalize or self.config.loss == "ipo"
 
     def prepare(self, model, examples, batch_size: int, pad_id: int, device, autocast, log=print) -> None:
-        """A live reference: freeze a copy of the starting policy. Precomputed: the starting policy's
-        log-probabilities of every pair, once (a resumed run has them from its checkpoint)."""
+        """A live reference: freeze a copy of the starting policy (a model with LoRA adapters is its own, with them
+        off). Precomputed: the starting policy's log-probabilities of every pair, once (a resumed run has them from
+        its checkpoint)."""
         if self.config.reference == "live":
-            self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.reference_model = model if adapter_layers(model) else \
+                copy.deepcopy(model).eval().requires_grad_(False)
             return
         for pairs in examples.values():
             if pairs.reference is None:
                 started = time.perf_counter()
-                pairs.reference = pair_log_probs(model, pairs, 2 * batch_size, pad_id, device, autocast,
-                                                 self.length_normalize)
+                with base_weights(model):
+                    pairs.reference = pair_log_probs(model, pairs, 2 * batch_size, pad_id, device, autocast,
+                                                     self.length_normalize)
                 log(f"reference log-probabilities of {len(pairs)} pairs in {time.perf_counter() - started:.1f} s")
 
     def reference_log_probs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,8 +111,8 @@ class Preference(Objective):
             return batch["reference"][:, 0], batch["reference"][:, 1]
         if self.reference_model is None:
             raise RuntimeError("no reference: precompute it or keep a live reference model")
-        with torch.no_grad():
-            return sequence_log_probs(self.reference_model, batch, self.length_normalize)
+        with torch.no_grad(), base_weights(self.reference_model) as reference:
+            return sequence_log_probs(reference, batch, self.length_normalize)
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         c = self.config

@@ -8,7 +8,7 @@ The user's config is validated once and never changed: `resolve` returns a new, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,9 @@ from picolm.data.loader import TokenWindows, check_split, train_windows, window_
 from picolm.data.records import BadRows
 from picolm.data.tokens import load_meta, load_split
 from picolm.errors import PicolmError
-from picolm.loading import (LoadedModel, checkpoint_tokenizer, load_start, model_config_from_checkpoint,
-                            with_run_settings)
+from picolm.interop.lora import add_adapters
+from picolm.loading import (LoadedModel, checkpoint_adapters, checkpoint_tokenizer, load_start,
+                            model_config_from_checkpoint, with_run_settings)
 from picolm.locks import LOCK_FILE
 from picolm.methods import check_fresh_model, check_settings, family_for
 from picolm.methods.family import Family, Objective
@@ -44,6 +45,9 @@ def resolve(config: Config, task: str, tokenizer: Tokenizer, start: ModelConfig 
     fresh = start is None and not resume
     if fresh:
         check_fresh_model(config.model)
+        if config.lora.rank:
+            raise PicolmError("LoRA adapts a trained model's weights: start from one with --init-from or --hf-model",
+                              field="lora.rank")
     model = start or config.model
     field = "train.init_from" if start is not None and config.train.init_from else "objective.kind"
     family = family_for(config.objective.kind, task, model, data=config.data.path, model_field=field)
@@ -200,6 +204,8 @@ def prepare(config: Config, run_dir: Path, resume: bool, rank: int = 0, world_si
     start_model = start.model.config if start else None
     if resume and config.train.init_from and not start:  # the run's model is its start's, as its checkpoint says
         start_model = model_config_from_checkpoint(state, last)
+    if resume:
+        check_same_adapters(config, state, last)
     resolved = resolve(config, task, tokenizer, start_model, resume)
     for note in resolved.notes:
         log(f"note: {note}")
@@ -209,9 +215,20 @@ def prepare(config: Config, run_dir: Path, resume: bool, rank: int = 0, world_si
         start = starting_model(config, log)
     torch.manual_seed(config.train.seed)
     model = with_run_settings(start.model, config.model) if start else build_model(config.model)
+    if config.lora.rank:
+        model = add_adapters(model, config.lora, log)
     check_metric(config, family, task, meta.get("kinds"))
     train_data, val_tokens, val_kinds, val_examples = load_data(config, family, task, tokenizer, rank, world_size, log)
     return Run(resolved, meta, tokenizer, model, objective, train_data, val_tokens, val_kinds, val_examples, state)
+
+
+def check_same_adapters(config: Config, state: dict, path: Path) -> None:
+    """A resumed run keeps its LoRA settings: its checkpoint holds adapters of that shape on those layers."""
+    saved = asdict(checkpoint_adapters(state, path))
+    for name, value in asdict(config.lora).items():
+        if value != saved[name]:
+            raise PicolmError(f"cannot change it when resuming (the run has {saved[name]!r})", path=path,
+                              field=f"lora.{name}")
 
 
 def check_metric(config: Config, family: Family, task: str, kind_names) -> None:
