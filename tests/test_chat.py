@@ -131,6 +131,24 @@ def test_instruction_turns_are_the_training_examples_they_were(tmp_path):
                                                 "### Instruction:\nWhy?\n\n### Response:\n")
 
 
+def test_chat_template_turns_are_the_conversational_rows_they_were_trained_as(tmp_path):
+    """--template chat: the prompt of the third message is the prompt `picolm prepare` makes of a `messages` row for
+    its third assistant turn (picolm.data.sources.chat_rows), token for token."""
+    from picolm.data.sources import chat_rows
+
+    tokenizer = char_tokenizer([string.ascii_letters + string.punctuation + " \n"])
+    model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=8, block_size=256, vocab_size=tokenizer.vocab_size)).eval()
+    chat = ChatSession(LoadedModel(model, tokenizer, {"task": "sft"}, tmp_path / "char"),
+                       SamplingOptions(max_new_tokens=8), template="chat", chats_dir=tmp_path)
+    turns = [Turn("Hi.", "Hello!", 5), Turn("Your name?", "Pico.", 6)]
+    request = chat.request("Why?", Conversation(turns=list(turns)))
+    messages = [{"role": role, "content": text} for turn in turns
+                for role, text in (("user", turn.message), ("assistant", turn.reply))]
+    trained = chat_rows(messages + [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "So."}])
+    assert request.prompt == tokenizer.encode(trained[-1]["prompt"])
+    assert tokenizer.decode(request.prompt).endswith("<|user|>\nWhy?\n<|assistant|>\n")
+
+
 def test_a_long_conversation_drops_its_oldest_turns_and_says_so(session, tmp_path, monkeypatch):
     new_tokens, block_size = 6, session.loaded.model.config.block_size
     session = ChatSession(session.loaded, replace(OPTIONS, max_new_tokens=new_tokens), chats_dir=tmp_path)

@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from picolm.config import SEEDS, SamplingOptions
-from picolm.data.records import render_instruction
+from picolm.data.records import render_chat, render_chat_prompt, render_instruction
 from picolm.errors import PicolmError
 from picolm.generate import TextGenerator
 
-TEMPLATES = ("auto", "instruction", "none")
+TEMPLATES = ("auto", "instruction", "chat", "none")
 CLEARED = "(the conversation is cleared)"
 
 
@@ -105,6 +105,8 @@ class ChatSession:
         self.writing = threading.Lock()
 
     def prompt_for(self, message: str) -> str:
+        if self.template == "chat":  # as conversational (`messages`) rows are trained: "<|user|>\n...<|assistant|>\n"
+            return render_chat_prompt([{"role": "user", "content": message}])
         return render_instruction(message) if self.template == "instruction" else message
 
     def settings(self) -> dict:
@@ -118,6 +120,9 @@ class ChatSession:
     def turn_ids(self, turn: Turn) -> list[int]:
         """A finished turn as the prompt holds it."""
         encode, eos = self.loaded.tokenizer.encode, self.loaded.tokenizer.eos_id
+        if self.template == "chat":  # earlier turns of a conversational row: "<|assistant|>\nreply\n", no EOS
+            return encode(render_chat([{"role": "user", "content": turn.message},
+                                       {"role": "assistant", "content": turn.reply}]))
         end = [eos] if self.template == "instruction" and eos is not None else []
         return encode(self.prompt_for(turn.message)) + encode(turn.reply) + end
 

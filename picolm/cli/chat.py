@@ -33,8 +33,9 @@ def register(verbs) -> None:
                                          f"each reply's seed. Example: picolm {verb} runs/stories --seed 7")
         p.add_argument("target", help="run directory (best, else last checkpoint) or checkpoint file")
         add_sampling_options(p, max_new_tokens=200, changes={"seed": SEED})
-        p.add_argument("--template", default="auto", choices=["auto", "instruction", "none"],
-                       help="auto: instruction for SFT/DPO runs, none (plain continuation) otherwise")
+        p.add_argument("--template", default="auto", choices=["auto", "instruction", "chat", "none"],
+                       help="auto: instruction for SFT/DPO runs, none (plain continuation) otherwise; chat: the "
+                            "<|user|> / <|assistant|> turns of conversational (`messages`) training rows")
         p.add_argument("--chats-dir", type=output_folder, default="chats", help="where sessions are saved")
         p.add_argument("--device", default="auto")
         if verb == "serve":
