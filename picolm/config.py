@@ -337,12 +337,34 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA (through peft) on a trained model: each adapted weight W becomes W + (alpha / rank) B A, only A and B
+    train, and `picolm export` merges them into W."""
+
+    rank: int = setting(0, "LoRA rank of the adapters on a starting model's linear layers (0: off, every weight "
+                           "trains)", within=whole(0, 65536))
+    alpha: float = setting(16.0, "LoRA: the update B A is scaled by alpha / rank", within=real(0, 1e6, above=True,
+                                                                                              tiny=1e-4))
+    dropout: float = setting(0.0, "LoRA: dropout on the adapters' input (0: none)", within=real(0, 1, below=True))
+    targets: list[str] = setting(help="LoRA: the linear layers to adapt, by name (c_attn,c_proj); empty: every "
+                                      "linear layer but the output head", factory=list)
+
+    def validate(self) -> None:
+        refuse_failed(range_checks(self), "lora.")
+        if not self.rank:
+            defaults = LoraConfig()
+            refuse_failed([(getattr(self, name) == getattr(defaults, name), name, "applies to LoRA runs only (set "
+                            "lora.rank)") for name in ("alpha", "dropout", "targets")], "lora.")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     # the settings a recipe or the command line named ("model.dropout", ...; a preset names its fields): a run that
     # starts from a trained model applies them to it or refuses them, and never drops one silently
     given: frozenset[str] = field(default=frozenset(), compare=False)
@@ -356,7 +378,7 @@ class Config:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "objective": ObjectiveConfig,
-            "log": LogConfig}
+            "log": LogConfig, "lora": LoraConfig}
 
 
 def _coerce(value, annotation: str, key: str, where: dict):
@@ -453,7 +475,7 @@ def read_recipe(path: str | Path) -> tuple[dict[str, object], dict[str, dict]]:
     if root is None:
         return values, lines
     if not isinstance(root, yaml.MappingNode):
-        raise PicolmError("a recipe is a mapping of sections (model, data, train, objective, log)", path=path, line=1)
+        raise PicolmError(f"a recipe is a mapping of sections ({', '.join(SECTIONS)})", path=path, line=1)
     for key_node, section_node in root.value:
         section = key_node.value
         if not isinstance(section_node, yaml.MappingNode):

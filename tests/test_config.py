@@ -151,7 +151,7 @@ def test_recipe_values_are_coerced_like_overrides(tmp_path):
     ("model.n_layer", None, r"model\.n_layer: may not be empty"),
     ("model.n_layer", "none", r"model\.n_layer: expected int, got 'none'"),  # "none" only empties optionals
     ("model.bogus", "1", r"model\.bogus: unknown field; model has: arch, n_layer"),
-    ("modle.n_layer", "1", r"modle\.n_layer: unknown setting \(sections: model, data, train, objective, log\)"),
+    ("modle.n_layer", "1", r"modle\.n_layer: unknown setting \(sections: model, data, train, objective, log, lora\)"),
     ("model", "1", r"model: unknown setting"),
     ("log.backends", "tensorboard,mlflow", r"log\.backends: unknown backend 'mlflow'"),
 ])
@@ -187,7 +187,7 @@ def test_bad_override_names_the_field(key, value, message):
           n_layer: 2
         trian:
           lr: 0.01
-    """, 4, "trian.lr", "unknown setting (sections: model, data, train, objective, log)", id="unknown-section"),
+    """, 4, "trian.lr", "unknown setting (sections: model, data, train, objective, log, lora)", id="unknown-section"),
     pytest.param("""
         model:
           n_layer: 2

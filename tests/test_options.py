@@ -51,6 +51,8 @@ MEANINGS = {
     "train.seed": {"0": "seed", "1000000000": "seed"},
     "train.num_samples": {"0": "0: none"},
     "objective.label_smoothing": {"0": "0: plain DPO"},
+    "lora.rank": {"0": "0: off"},
+    "lora.dropout": {"0": "0: none"},
 }
 
 # TEMPORARY: verbs whose owners are wiring their options to picolm/cli/common.py's types (count, number,

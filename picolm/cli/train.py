@@ -15,10 +15,10 @@ def register(verbs) -> None:
                          description="Train from defaults, a YAML recipe and dotted overrides, e.g.\n"
                                      "  picolm train recipes/stories-tiny.yaml --data data/stories --out runs/a "
                                      "--model.n_layer 4 --train.lr 1e-3\n"
-                                     "Any field of the model, data, train, objective and log sections can be set as "
+                                     "Any field of the model, data, train, objective, log and lora sections can be set as "
                                      "--section.field VALUE; the list is below.",
                          epilog=settings_help)
-    p.add_argument("recipe", nargs="?", help="YAML recipe (sections model, data, train, objective, log)")
+    p.add_argument("recipe", nargs="?", help="YAML recipe (sections model, data, train, objective, log, lora)")
     p.add_argument("--data", help="data directory from `picolm prepare` (same as --data.path)")
     p.add_argument("--out", type=output_folder, help="run directory (default runs/<data>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
