@@ -157,6 +157,8 @@ def load_pipeline(target: str | Path) -> Pipeline:
             raise fail(f"unknown key; evaluate has {', '.join(EVALUATE_KEYS)}", f"evaluate.{key}")
         if key in ("sft", "pairs") and value not in document["data"]:
             raise fail(f"names no data of this recipe ({', '.join(document['data'])})", f"evaluate.{key}")
+        if key in ("samples", "max_new_tokens") and not (type(value) is int and 1 <= value <= 100_000):
+            raise fail("a whole number from 1 to 100000", f"evaluate.{key}")
     eta = {}
     for part, value in (document.get("eta") or {}).items():
         if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
@@ -166,6 +168,11 @@ def load_pipeline(target: str | Path) -> Pipeline:
                         document["data"], stages, evaluate, eta, lines)
     for stage in stages:
         stage_config(pipeline, stage, {})
+    try:
+        _lexicon(pipeline)  # a missing word list stops the pipeline now, not after its training
+    except PicolmError as exc:
+        where = f"{exc.path}, line {exc.line}" if exc.line else str(exc.path)
+        raise fail(f"{exc.message} ({where})", "evaluate.lexicon") from None
     return pipeline
 
 
@@ -431,7 +438,7 @@ def _summary(runs: dict[str, Path], budgets: dict[str, object]) -> dict[str, dic
 
 
 def _lexicon(pipeline: Pipeline):
-    """evaluate.lexicon: horror (built in), none, or a word-list file beside the recipe."""
+    """evaluate.lexicon: horror (built in), none, or a word-list file (a path relative to the recipe)."""
     from picolm.eval.lexicon import HORROR, load_lexicon
 
     value = str(pipeline.evaluate.get("lexicon", "none"))

@@ -67,6 +67,12 @@ BAD = [
      "  sft: {recipe: horror-sft.yaml, data: a}\n", "stages", 2, "in the order"),
     ("data: {a: {source: stories}}\nstages: {sft: {recipe: horror-sft.yaml, data: a}}\nevaluate: {pairs: z}\n",
      "evaluate.pairs", 3, "names no data"),
+    ("data: {a: {source: stories}}\nstages: {sft: {recipe: horror-sft.yaml, data: a}}\nevaluate: {samples: 0}\n",
+     "evaluate.samples", 3, "a whole number"),
+    ("data: {a: {source: stories}}\nstages: {sft: {recipe: horror-sft.yaml, data: a}}\n"
+     "evaluate: {max_new_tokens: 1.5}\n", "evaluate.max_new_tokens", 3, "a whole number"),
+    ("data: {a: {source: stories}}\nstages: {sft: {recipe: horror-sft.yaml, data: a}}\n"
+     "evaluate: {lexicon: words.txt}\n", "evaluate.lexicon", 3, "no such lexicon file"),
 ]
 
 
