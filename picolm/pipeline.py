@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,9 @@ STAGES = {"pretraining": "base", "sft": "sft", "dpo": "dpo"}  # stage -> its run
 STAGE_KEYS = ("recipe", "data", "settings")
 EVALUATE_KEYS = ("sft", "pairs", "samples", "max_new_tokens", "lexicon")
 DATA_REFERENCE = "data:"
+SET_BY_PIPELINE = {"data.path": "a stage's data", "train.init_from": "--init-from, or the stage before",
+                   "train.device": "--device"}  # settings the pipeline gives every stage: named elsewhere
+DATA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder under OUT/data
 RECORD = "pipeline.json"
 
 
@@ -127,6 +131,8 @@ def load_pipeline(target: str | Path) -> Pipeline:
             raise fail(f"missing {key!r}: a mapping", key)
     options = {f.name for f in dataclasses.fields(PrepareOptions)} - {"out", "hub_dir"}
     for name, entry in document["data"].items():
+        if not DATA_NAME.fullmatch(str(name)):
+            raise fail("a data name is letters, digits, '.', '_' and '-' (it names a folder)", f"data.{name}")
         if not isinstance(entry, dict) or not entry.get("source"):
             raise fail("a mapping of `picolm prepare` options with a source", f"data.{name}")
         for key in entry:
@@ -196,6 +202,9 @@ def stage_config(pipeline: Pipeline, stage: Stage, settings: dict[str, object], 
     from picolm.methods import check_config
 
     given = {**stage.settings, **_settings_for(stage, settings)}
+    for key in given.keys() & SET_BY_PIPELINE.keys():
+        line = pipeline.line(f"stages.{stage.name}.settings.{key}") if key in stage.settings else None
+        raise PicolmError(f"set by the pipeline: use {SET_BY_PIPELINE[key]}", path=pipeline.path, line=line, field=key)
     folders = (paths or {}).get("folders", {})
     for key, value in given.items():
         if isinstance(value, str) and value.startswith(DATA_REFERENCE):
@@ -370,6 +379,16 @@ def _prepare(name: str, options: dict, folder: Path, record: Record, hub_dir: st
     return folder
 
 
+def _needed(pipeline: Pipeline, stages: list[Stage], settings: dict[str, object]) -> list[str]:
+    """The data the stages to run and the evaluation read (with --init-from, pretraining's corpus is not prepared)."""
+    named = {stage.data for stage in stages} | {pipeline.evaluate.get(key) for key in ("sft", "pairs")}
+    for stage in stages:
+        for value in {**stage.settings, **_settings_for(stage, settings)}.values():
+            if isinstance(value, str) and value.startswith(DATA_REFERENCE):
+                named.add(value[len(DATA_REFERENCE):])
+    return [name for name in pipeline.data if name in named]
+
+
 def run_pipeline(pipeline: Pipeline, options: PipelineOptions, log=print) -> dict:
     """Prepare, train each stage, evaluate every model and write report.md; returns the evaluation. Run again, it
     continues where it stopped."""
@@ -384,13 +403,14 @@ def run_pipeline(pipeline: Pipeline, options: PipelineOptions, log=print) -> dic
     if not stages:
         raise PicolmError("--init-from skips pretraining, the only stage of this pipeline", field="--init-from")
     budgets = {s.name: stage_config(pipeline, s, options.settings) for s in stages}
+    start = _checkpoint_identity(options.init_from) if options.init_from else None  # before anything is written
     eta = _plan(pipeline, budgets)
     log(f"pipeline {pipeline.title}: " + ", ".join(f"{s} {describe_budget(c.train)}" for s, c in budgets.items())
         + eta.left())
     with lock_folder(out):  # one pipeline writes a folder at a time
         record = Record(out)
         folders, known = {}, {}
-        for name in pipeline.data:
+        for name in _needed(pipeline, stages, options.settings):
             hub_dir = _hub_copy(options.hub_dir, pipeline.data[name]["source"])
             folders[name] = _prepare(name, pipeline.data[name], out / "data" / name, record, hub_dir, log)
             known[str(folders[name])] = {"data": pipeline.data[name]}
@@ -399,7 +419,7 @@ def run_pipeline(pipeline: Pipeline, options: PipelineOptions, log=print) -> dic
         previous = options.init_from
         if previous:
             runs["base"] = Path(previous)
-            known[str(previous)] = _checkpoint_identity(previous)
+            known[str(previous)] = start
         for stage in stages:
             run_dir = out / STAGES[stage.name]
             paths = {"folders": folders, "data.path": str(folders[stage.data]), "train.device": device}

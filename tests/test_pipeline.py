@@ -67,6 +67,10 @@ BAD = [
      "  sft: {recipe: horror-sft.yaml, data: a}\n", "stages", 2, "in the order"),
     ("data: {a: {source: stories}}\nstages: {sft: {recipe: horror-sft.yaml, data: a}}\nevaluate: {pairs: z}\n",
      "evaluate.pairs", 3, "names no data"),
+    ("data: {a: {source: stories}}\nstages:\n  sft:\n    recipe: horror-sft.yaml\n    data: a\n"
+     "    settings: {data.path: elsewhere}\n", "data.path", 6, "set by the pipeline: use a stage's data"),
+    ("data: {..: {source: stories}}\nstages: {sft: {recipe: horror-sft.yaml, data: ..}}\n", "data...", 1,
+     "names a folder"),
     ("data: {a: {source: stories}}\nstages: {sft: {recipe: horror-sft.yaml, data: a}}\nevaluate: {samples: 0}\n",
      "evaluate.samples", 3, "a whole number"),
     ("data: {a: {source: stories}}\nstages: {sft: {recipe: horror-sft.yaml, data: a}}\n"
@@ -82,6 +86,14 @@ def test_a_bad_recipe_is_one_line_naming_its_line_and_field(tmp_path, text, fiel
     with pytest.raises(PicolmError, match=words) as caught:
         load_pipeline(path)
     assert (caught.value.field, caught.value.line, Path(caught.value.path)) == (field, line, path)
+
+
+def test_the_settings_the_pipeline_gives_every_stage_are_refused_on_the_command_line(tmp_path, capsys):
+    recipe = write(tmp_path, TINY)
+    for setting, instead in (("--train.device", "--device"), ("--sft.train.init_from", "--init-from")):
+        assert main(["pipeline", str(recipe), "--out", str(tmp_path / "out"), setting, "x"]) == 2
+        assert f"set by the pipeline: use {instead}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_recipe_names_the_built_in_ones(tmp_path, capsys):
@@ -125,11 +137,14 @@ def test_init_from_skips_pretraining_and_a_changed_start_refuses_the_next_stage(
     assert main(["pipeline", str(recipe), "--out", str(second), "--init-from", str(out / "base"),
                  "--dpo.train.max_steps", "1"]) == 0
     assert not (second / "base").exists() and (second / "sft" / "checkpoints" / "last.pt").is_file()
+    assert not (second / "data" / "stories").exists()  # pretraining's corpus is not prepared
     assert "given (--init-from)" in (second / "report.md").read_text()
     capsys.readouterr()
     assert main(["pipeline", str(recipe), "--out", str(second), "--init-from", str(out / "sft"),
                  "--dpo.train.max_steps", "1"]) == 2
     assert "stage sft was made from other inputs (train.init_from" in capsys.readouterr().err
+    assert main(["pipeline", str(recipe), "--out", str(tmp_path / "third"), "--init-from", str(tmp_path / "no")]) == 2
+    assert "no such run directory or checkpoint" in capsys.readouterr().err and not (tmp_path / "third").exists()
 
 
 @pytest.mark.slow
