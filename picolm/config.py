@@ -321,6 +321,10 @@ class TrainConfig:
              "max_steps", "set max_steps, epochs or max_minutes"),
             (not (self.init_from and self.hf_model), "hf_model", "set init_from or hf_model, not both"),
         ], "train.")
+        if self.optimizer != "muon":
+            defaults = TrainConfig()
+            refuse_failed([(getattr(self, name) == getattr(defaults, name), name, "applies to train.optimizer muon "
+                            "only") for name in ("muon_lr", "muon_momentum")], "train.")
 
 
 @dataclass(frozen=True)

@@ -388,3 +388,10 @@ def test_every_default_is_in_its_own_range():
 def test_settings_out_of_range_name_the_field(key, value, message):
     with pytest.raises(PicolmError, match=message):
         build_config(None, {key: value})
+
+
+@pytest.mark.parametrize("key, value", [("train.muon_lr", 0.015), ("train.muon_momentum", 0.9)])
+def test_muon_settings_on_an_adamw_run_are_refused_not_dropped(key, value):
+    with pytest.raises(PicolmError, match=f"{key}: applies to train.optimizer muon only"):
+        build_config(None, {key: value})
+    assert getattr(build_config(None, {key: value, "train.optimizer": "muon"}).train, key.split(".")[1]) == value

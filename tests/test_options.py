@@ -183,6 +183,8 @@ def test_sampling_options_built_in_code_are_checked_as_on_the_command_line(field
 
 # ---------------------------------------------------------------- settings (--section.field VALUE)
 
+# settings that apply only beside another one: walked with it
+CONTEXT = {"train.muon_": [("train.optimizer", "muon")]}
 SETTINGS = [pytest.param(f"{section}.{f.name}", f, id=f"{section}.{f.name}") for section, cls in SECTIONS.items()
             for f in dataclasses.fields(cls) if numeric(f)]
 
@@ -197,7 +199,8 @@ def test_every_numeric_setting_declares_its_range(key, field):
 def test_settings_refuse_edge_values_in_one_line_or_mean_what_the_help_says(key, field, edge, tmp_path, capsys):
     """Through `picolm train --dry-run` with no data: a refused setting is named before the data is looked for."""
     missing = tmp_path / "no-data"
-    assert main(["train", "--data", str(missing), "--dry-run", f"--{key}={edge}"]) == 2
+    context = [f"--{k}={v}" for prefix, settings in CONTEXT.items() if key.startswith(prefix) for k, v in settings]
+    assert main(["train", "--data", str(missing), "--dry-run", *context, f"--{key}={edge}"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     accepted = len(lines) == 1 and f"{missing}: no such data directory" in lines[0]
     refused_or_meant(key, edge, not accepted, lines, f"error: {key}: ", field.metadata["help"])
