@@ -55,6 +55,9 @@ def _logged(rows: list[dict], names: tuple[str, ...]) -> bool:
     return any(name in r for r in rows for name in names)
 
 
+LOG_SCALE_SPAN = 8  # a loss axis spanning more than this ratio is drawn on a log scale
+
+
 def loss_figure(histories: dict[str, list[dict]], title: str = "loss"):
     """Training loss (thin) and validation loss (markers) of every run against step, one colour per run."""
     plt = pyplot()
@@ -68,10 +71,19 @@ def loss_figure(histories: dict[str, list[dict]], title: str = "loss"):
         if val:
             ax.plot(*zip(*val), "o-", color=f"C{i % 10}", linewidth=1.6, markersize=3,
                     label="validation" if alone else name)
+    losses = [value for rows in histories.values() for name in ("train/loss", "val/loss")
+              for _, value in _points(rows, name)]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > LOG_SCALE_SPAN:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")  # the first steps' loss would flatten the gaps late in training
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.6, not 6 x 10^-1
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (validation: markers; training: thin)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend()
     return fig
 
