@@ -8,7 +8,8 @@ import pytest
 # the files that run picolm against transformers and trl (loading, export, PicolmForCausalLM, logits, tokenizers,
 # decoding and DPO losses checked against theirs): marked `interop`, which `.ci/run` runs again on their newest releases
 INTEROP_FILES = ("test_interop.py", "test_hf_model.py", "test_picolm_transformers.py", "test_model.py",
-                 "test_tokenizer.py", "test_generate.py", "test_preference_loss.py")
+                 "test_tokenizer.py", "test_generate.py", "test_preference_loss.py", "test_lora.py",
+                 "test_instruct_eval.py", "test_data_formats.py")
 
 
 def pytest_configure(config):
