@@ -209,3 +209,19 @@ def test_peft_is_imported_by_lora_runs_only():
     code = "import sys, picolm.train.setup, picolm.loading, picolm.methods.preference; print('peft' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_head_is_left_out_by_what_it_is_not_by_its_width():
+    """An MLP as wide as the vocabulary (4 x 128 = 512 tokens) is adapted like any other layer; the head is not."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from picolm.config import ModelConfig
+    from picolm.interop.hf import HFCausalLM
+    from picolm.interop.lora import linear_layers
+    from picolm.models.gpt import GPT
+
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=128, block_size=16, vocab_size=512))
+    assert sorted(linear_layers(model)) == ["blocks.0.attn.proj", "blocks.0.attn.qkv", "blocks.0.mlp.fc",
+                                            "blocks.0.mlp.proj"]
+    hf = HFCausalLM(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=128, n_positions=16, vocab_size=512)))
+    assert sorted(name.rpartition(".")[2] for name in linear_layers(hf)) == ["c_attn", "c_fc", "c_proj", "c_proj"]

@@ -27,15 +27,22 @@ def _peft():
     return peft
 
 
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The layer that writes the vocabulary: picolm's `lm_head`, or a Hugging Face model's output embeddings."""
+    inner = getattr(model, "hf", model)  # --hf-model: the transformers model inside HFCausalLM
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if head is not None else getattr(model, "lm_head", None)
+
+
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers LoRA can adapt, by full name: every linear map (`nn.Linear`, GPT-2's `Conv1D`) but the output head,
     which writes the vocabulary (and often shares its weight with the token embedding)."""
     from transformers.pytorch_utils import Conv1D  # peft imports transformers: no extra cost
 
-    vocab = model.config.vocab_size
+    head = output_head(model)
     return {name: module for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and module.out_features != vocab
-            or isinstance(module, Conv1D) and module.nf != vocab}
+            if isinstance(module, (nn.Linear, Conv1D)) and module is not head}
 
 
 def peft_config(model: nn.Module, settings: LoraConfig):
