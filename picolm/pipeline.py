@@ -31,9 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from picolm.analysis.experiment import BUILT_IN, _lines, flatten
+from picolm.analysis.experiment import BUILT_IN, built_in_or_path, flatten, read_document
 from picolm.errors import PicolmError
 
 PIPELINES = BUILT_IN / "pipelines"
@@ -85,21 +84,6 @@ class PipelineOptions:
     settings: dict[str, object] = field(default_factory=dict)  # "section.key" for every stage, "STAGE.section.key"
 
 
-def is_pipeline(target: str) -> bool:
-    return target.endswith((".yaml", ".yml")) or (PIPELINES / f"{target}.yaml").is_file()
-
-
-def _read(path: Path) -> tuple[dict, dict[str, int]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-        return yaml.safe_load(text), _lines(yaml.compose(text))
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        built_in = ", ".join(sorted(p.stem for p in PIPELINES.glob("*.yaml")))
-        raise PicolmError(f"pipeline recipe not found (built-in: {built_in})", path=path) from None
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PicolmError(f"not a YAML pipeline recipe ({getattr(exc, 'problem', exc)})", path=path) from None
-
-
 def _recipe_path(value, beside: Path) -> Path | None:
     """A training recipe: a path relative to the pipeline recipe, else a built-in recipe by name."""
     for candidate in (beside / str(value), BUILT_IN / str(value), BUILT_IN / f"{value}.yaml"):
@@ -113,19 +97,8 @@ def load_pipeline(target: str | Path) -> Pipeline:
     the pipeline before anything is prepared or trained."""
     from picolm.data.preparation import PrepareOptions
 
-    path = Path(target)
-    if not path.is_file() and (PIPELINES / f"{target}.yaml").is_file():
-        path = PIPELINES / f"{target}.yaml"
-    document, lines = _read(path)
-
-    def fail(why: str, key: str):
-        return PicolmError(why, path=path, line=lines.get(key), field=key)
-
-    if not isinstance(document, dict):
-        raise PicolmError(f"a pipeline recipe is a mapping with {', '.join(KEYS)}", path=path, line=1)
-    for key in document:
-        if key not in KEYS:
-            raise fail(f"unknown key; a pipeline recipe has {', '.join(KEYS)}", key)
+    path = built_in_or_path(target, PIPELINES)
+    document, lines, fail = read_document(path, "pipeline", KEYS, lambda: [p.stem for p in PIPELINES.glob("*.yaml")])
     for key in ("data", "stages"):
         if not isinstance(document.get(key), dict) or not document[key]:
             raise fail(f"missing {key!r}: a mapping", key)

@@ -17,7 +17,7 @@ from picolm.data.preparation import PrepareOptions
 from picolm.data.records import render_chat_prompt
 from picolm.data.sources import hub_source, load_source
 from picolm.data.synthetic import NumericSpec, generate_numeric
-from picolm.errors import PicolmError
+from test_example_sources import error_of
 
 
 def write_jsonl(path, rows, zipped=False):
@@ -29,14 +29,6 @@ def write_jsonl(path, rows, zipped=False):
     else:
         path.write_text(text, encoding="utf-8")
     return path
-
-
-def error_of(spec, **kwargs) -> str:
-    with pytest.raises(PicolmError) as excinfo:
-        load_source(str(spec), **kwargs)
-    message = str(excinfo.value)
-    assert "\n" not in message
-    return message
 
 
 def quiet(*_args):

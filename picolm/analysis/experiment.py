@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -79,31 +80,48 @@ def _lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
     return lines
 
 
+def built_in_or_path(target: str | Path, folder: Path) -> Path:
+    """A recipe by path, or a built-in one in `folder` by name."""
+    path = Path(target)
+    return folder / f"{target}.yaml" if not path.is_file() and (folder / f"{target}.yaml").is_file() else path
+
+
+def built_in_experiments() -> list[str]:
+    """The names of the built-in compare recipes (the training recipes beside them have no runs)."""
+    return [p.stem for p in BUILT_IN.glob("*.yaml") if "runs" in (yaml.safe_load(p.read_text(encoding="utf-8")) or {})]
+
+
+def read_document(path: Path, kind: str, keys: tuple[str, ...], built_in: Callable[[], list[str]]):
+    """A YAML recipe of `kind` (compare, pipeline): the mapping, the line of every key, and `fail(why, key)`, the
+    one-line error at a key's line. A missing file names the built-in recipes (`built_in()`); an unknown top-level
+    key is refused."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        document, lines = yaml.safe_load(text), _lines(yaml.compose(text))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise PicolmError(f"{kind} recipe not found (built-in: {', '.join(sorted(built_in()))})", path=path) from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PicolmError(f"not a YAML {kind} recipe ({getattr(exc, 'problem', exc)})", path=path) from None
+
+    def fail(why: str, key: str):
+        return PicolmError(why, path=path, line=lines.get(key), field=key)
+
+    if not isinstance(document, dict):
+        raise PicolmError(f"a {kind} recipe is a mapping with {', '.join(keys)}", path=path, line=1)
+    for key in document:
+        if key not in keys:
+            raise fail(f"unknown key; a {kind} recipe has {', '.join(keys)}", key)
+    return document, lines, fail
+
+
 def load_experiment(target: str | Path) -> Experiment:
     """Read and check a compare recipe; every run's training config is built once here, so a bad setting stops
     the experiment before anything is trained."""
     from picolm.config import build_config
     from picolm.methods import check_config
 
-    path = Path(target)
-    if not path.is_file() and (BUILT_IN / f"{target}.yaml").is_file():
-        path = BUILT_IN / f"{target}.yaml"
-    try:
-        text = path.read_text(encoding="utf-8")
-        document, lines = yaml.safe_load(text), _lines(yaml.compose(text))
-    except FileNotFoundError:
-        raise PicolmError("compare recipe not found", path=path) from None
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PicolmError(f"not a YAML compare recipe ({getattr(exc, 'problem', exc)})", path=path) from None
-
-    def fail(why: str, key: str):
-        return PicolmError(why, path=path, line=lines.get(key), field=key)
-
-    if not isinstance(document, dict):
-        raise PicolmError(f"a compare recipe is a mapping with {', '.join(KEYS)}", path=path, line=1)
-    for key in document:
-        if key not in KEYS:
-            raise fail(f"unknown key; a compare recipe has {', '.join(KEYS)}", key)
+    path = built_in_or_path(target, BUILT_IN)
+    document, lines, fail = read_document(path, "compare", KEYS, built_in_experiments)
     for key in ("data", "recipe", "runs"):
         if not document.get(key):
             raise PicolmError(f"missing {key!r}", path=path, field=key)
