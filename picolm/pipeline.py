@@ -65,6 +65,7 @@ class Pipeline:
     evaluate: dict = field(default_factory=dict)
     eta: dict[str, tuple[float, float]] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
+    lexicon: object = None  # picolm.eval.lexicon.Lexicon, read with the recipe; None: no lexicon rate
 
     @property
     def name(self) -> str:
@@ -148,7 +149,7 @@ def load_pipeline(target: str | Path) -> Pipeline:
     for stage in stages:
         stage_config(pipeline, stage, {})
     try:
-        _lexicon(pipeline)  # a missing word list stops the pipeline now, not after its training
+        pipeline.lexicon = _lexicon(pipeline)  # a missing word list stops the pipeline now, not after its training
     except PicolmError as exc:
         where = f"{exc.path}, line {exc.line}" if exc.line else str(exc.path)
         raise fail(f"{exc.message} ({where})", "evaluate.lexicon") from None
@@ -168,9 +169,11 @@ def _settings_for(stage: Stage, settings: dict[str, object]) -> dict[str, object
     return chosen
 
 
-def stage_config(pipeline: Pipeline, stage: Stage, settings: dict[str, object], paths: dict[str, object] | None = None):
-    """The stage's resolved config: its recipe, the pipeline's settings, the command line's, then `paths` (data,
-    the run it starts from, the device). A bad setting is one line naming the pipeline recipe's line."""
+def stage_config(pipeline: Pipeline, stage: Stage, settings: dict[str, object], folders: dict[str, Path] | None = None,
+                 fixed: dict[str, object] | None = None):
+    """The stage's resolved config: its recipe, the pipeline's settings (`data:NAME` as `folders[NAME]`), the command
+    line's, then `fixed` (what the pipeline sets: data, the run it starts from, the device). A bad setting is one line
+    naming the pipeline recipe's line."""
     from picolm.config import build_config
     from picolm.methods import check_config
 
@@ -178,16 +181,15 @@ def stage_config(pipeline: Pipeline, stage: Stage, settings: dict[str, object], 
     for key in given.keys() & SET_BY_PIPELINE.keys():
         line = pipeline.line(f"stages.{stage.name}.settings.{key}") if key in stage.settings else None
         raise PicolmError(f"set by the pipeline: use {SET_BY_PIPELINE[key]}", path=pipeline.path, line=line, field=key)
-    folders = (paths or {}).get("folders", {})
     for key, value in given.items():
         if isinstance(value, str) and value.startswith(DATA_REFERENCE):
             name = value[len(DATA_REFERENCE):]
             if name not in pipeline.data:
                 raise PicolmError(f"names no data of this recipe ({', '.join(pipeline.data)})", path=pipeline.path,
                                   line=pipeline.line(f"stages.{stage.name}.settings.{key}"), field=key)
-            given[key] = str(folders.get(name, name))
+            given[key] = str((folders or {}).get(name, name))
     try:
-        config = build_config(stage.recipe, {**given, **{k: v for k, v in (paths or {}).items() if k != "folders"}})
+        config = build_config(stage.recipe, {**given, **(fixed or {})})
         check_config(config)
     except PicolmError as exc:
         if exc.field not in given:
@@ -229,13 +231,14 @@ class Record:
         """Refuse a step already made from other inputs; record the inputs of one about to be made."""
         from picolm.files import write_text_atomically
 
+        inputs = json.loads(json.dumps(inputs, default=str))  # as the record reads back: lists, not tuples
         old = self.steps.get(step)
         if made and old is not None and old != inputs:
             raise PicolmError(f"{step} was made from other inputs ({_difference(old, inputs)}); pass another --out, "
                               f"or remove {folder} to make it again", path=self.path)
         if old != inputs:
             self.steps[step] = inputs
-            write_text_atomically(self.path, json.dumps(self.steps, indent=2, sort_keys=True, default=str) + "\n")
+            write_text_atomically(self.path, json.dumps(self.steps, indent=2, sort_keys=True) + "\n")
 
 
 def _started(run_dir: Path) -> bool:
@@ -306,8 +309,8 @@ def _reference_seconds(pipeline: Pipeline, part: str, steps: int) -> float:
 
 
 def _plan(pipeline: Pipeline, configs: dict[str, object]) -> Eta:
-    """Each part's reference seconds and cap; a stage budgeted in epochs is guessed at the recipe's steps. No ETA
-    for a recipe that gives no reference times."""
+    """Each part's reference seconds and cap; a stage budgeted in epochs or minutes alone counts its fixed part (and
+    its minutes). No ETA for a recipe that gives no reference times."""
     if not pipeline.eta:
         return Eta({})
     parts = {"data": (_reference_seconds(pipeline, "data", 0), math.inf)}
@@ -395,10 +398,10 @@ def run_pipeline(pipeline: Pipeline, options: PipelineOptions, log=print) -> dic
             known[str(previous)] = start
         for stage in stages:
             run_dir = out / STAGES[stage.name]
-            paths = {"folders": folders, "data.path": str(folders[stage.data]), "train.device": device}
+            fixed = {"data.path": str(folders[stage.data]), "train.device": device}
             if previous:
-                paths["train.init_from"] = str(previous)
-            config = stage_config(pipeline, stage, options.settings, paths)
+                fixed["train.init_from"] = str(previous)
+            config = stage_config(pipeline, stage, options.settings, folders, fixed)
             inputs = _stage_inputs(config, known)
             record.check(f"stage {stage.name}", inputs, _started(run_dir), run_dir)
             log(f"\n{stage.name}: {describe_budget(config.train)}{eta.left()}")
@@ -450,7 +453,7 @@ def evaluate_pipeline(pipeline: Pipeline, options: PipelineOptions, runs: dict[s
     references = {"dpo": names[names.index("dpo") - 1]} if "dpo" in runs and names.index("dpo") > 0 else {}
     return evaluate_stages(runs, folders.get(spec.get("sft")), folders.get(spec.get("pairs")), references=references,
                            samples=options.samples or spec.get("samples", 16), device=device,
-                           max_new_tokens=spec.get("max_new_tokens", 120), lexicon=_lexicon(pipeline))
+                           max_new_tokens=spec.get("max_new_tokens", 120), lexicon=pipeline.lexicon)
 
 
 def _report(pipeline: Pipeline, out: Path, results: dict, runs: dict[str, Path], training: dict,
