@@ -115,12 +115,17 @@ class TextGenerator:
     def complete(self, prompts: list[str] | list[list[int]], options: SamplingOptions,
                  batch_size: int = 16) -> list[str]:
         """The continuation of every prompt, decoded batch_size at a time in left-padded batches."""
-        return [text for i in range(0, len(prompts), batch_size)
-                for text in self._complete_batch(prompts[i:i + batch_size], options)]
+        return [text for text, _ in self.complete_ended(prompts, options, batch_size)]
 
-    def _complete_batch(self, prompts: list[str] | list[list[int]], options: SamplingOptions) -> list[str]:
+    def complete_ended(self, prompts: list[str] | list[list[int]], options: SamplingOptions,
+                       batch_size: int = 16) -> list[tuple[str, bool]]:
+        """Each continuation and whether the model ended it with EOS (not the token budget or a stop string)."""
+        return [row for i in range(0, len(prompts), batch_size)
+                for row in self._complete_batch(prompts[i:i + batch_size], options)]
+
+    def _complete_batch(self, prompts: list[str] | list[list[int]], options: SamplingOptions):
         texts = [TextStream(self.tokenizer, options.stop) for _ in prompts]
-        finished = [False] * len(prompts)
+        finished, ended = [False] * len(prompts), [False] * len(prompts)
         steps = self._steps(prompts, options)
         try:
             for tokens in steps:
@@ -128,7 +133,7 @@ class TextGenerator:
                     if finished[row]:
                         continue
                     if token == self.tokenizer.eos_id:
-                        finished[row] = True
+                        finished[row] = ended[row] = True
                         continue
                     texts[row].push(token)
                     finished[row] = texts[row].stopped
@@ -136,4 +141,4 @@ class TextGenerator:
                     break
         finally:
             steps.close()
-        return [text.text for text in texts]
+        return [(text.text, end) for text, end in zip(texts, ended)]

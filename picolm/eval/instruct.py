@@ -15,7 +15,7 @@ from pathlib import Path
 from picolm.config import SamplingOptions
 from picolm.data.examples import read_records
 from picolm.data.records import BadRows
-from picolm.generate import TextGenerator, generate_ids, sampler_for
+from picolm.generate import TextGenerator
 
 TEMPLATE_HEADERS = ("### Instruction:", "### Input:", "### Response:")
 BATCH = 16
@@ -43,23 +43,13 @@ def instructions(data_dir: str | Path, split: str, count: int, generator: TextGe
     return [generator.encode_prompt(r["prompt"]) for r in records], [r["response"] for r in records]
 
 
-def respond(model, tokenizer, prompts: list[list[int]], options: SamplingOptions, device="cpu",
+def respond(generator: TextGenerator, prompts: list[list[int]], options: SamplingOptions,
             references: list[str] | None = None) -> Responses:
-    """Each prompt's response, decoded up to its EOS and cut before the first stop string, BATCH prompts at a time
-    (the same seed draws the same responses). A model that writes inside its context has at most the rest of it."""
-    sampler = sampler_for(model)
-    texts, ended = [], []
-    for start in range(0, len(prompts), BATCH):
-        batch = prompts[start:start + BATCH]
-        room = sampler.room(model, max(len(p) for p in batch), options.max_new_tokens)
-        outputs = generate_ids(model, batch, options, tokenizer.eos_id, tokenizer.vocab_size, device)
-        texts += [_cut(tokenizer.decode(ids), options.stop) for ids in outputs]
-        ended += [len(ids) < room for ids in outputs]
-    return Responses([tokenizer.decode(p) for p in prompts], texts, ended, references)
-
-
-def _cut(text: str, stop: tuple[str, ...]) -> str:
-    return text[:min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]
+    """Each prompt's response (up to its EOS, cut before the first stop string), BATCH prompts at a time: the same
+    seed draws the same responses."""
+    completed = generator.complete_ended(prompts, options, BATCH)
+    return Responses([generator.tokenizer.decode(p) for p in prompts], [text for text, _ in completed],
+                     [end for _, end in completed], references)
 
 
 def reference_scores(texts: list[str], references: list[str]) -> dict[str, float]:

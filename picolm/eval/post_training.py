@@ -76,7 +76,7 @@ def evaluate_stages(stages: dict[str, Path], sft_data: Path | None, pairs_data: 
             summed[name] = summed_log_probs(model, pairs, tokenizer.eos_id, device)
             stage.update(likelihood_scores(summed[name], response_lengths(pairs)))
         if prompts:
-            responses = respond(model, tokenizer, prompts, sampling(max_new_tokens), device, answers)
+            responses = respond(TextGenerator(model, tokenizer, device), prompts, sampling(max_new_tokens), answers)
             stage["samples"] = responses.texts
             if answers is not None:
                 stage.update(reference_scores(responses.texts, answers))

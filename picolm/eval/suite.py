@@ -238,7 +238,7 @@ class RunEvaluation:
                 prompts = self._prompts(data_dir, self.request.samples)
             if not prompts:
                 raise PicolmError(f"no held-out prompts in the {self.request.split} split", path=data_dir)
-            self._responses = respond(self.model, self.tokenizer, prompts, self.decoding, self.device, references)
+            self._responses = respond(self.generator, prompts, self.decoding, references)
         return self._responses
 
     def _instruction_responses(self, metric: str) -> Responses:
