@@ -74,12 +74,12 @@ def loss_figure(histories: dict[str, list[dict]], title: str = "loss"):
     losses = [value for rows in histories.values() for name in ("train/loss", "val/loss")
               for _, value in _points(rows, name)]
     if losses and min(losses) > 0 and max(losses) / min(losses) > LOG_SCALE_SPAN:
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, NullFormatter
 
         ax.set_yscale("log")  # the first steps' loss would flatten the gaps late in training
         plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.6, not 6 x 10^-1
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_major_formatter(plain)  # between the decades too while they are few enough to read
+        ax.yaxis.set_minor_formatter(plain if max(losses) / min(losses) < 100 else NullFormatter())
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (validation: markers; training: thin)")
     ax.set_title(title)

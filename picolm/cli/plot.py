@@ -14,7 +14,7 @@ def register(verbs) -> None:
                                      "--objective.monitor) and DPO's implicit rewards of chosen vs rejected responses.",
                          epilog="examples:\n"
                                 "  picolm plot runs/numeric\n"
-                                "  picolm plot quickstart/base quickstart/sft quickstart/dpo --out plots/quickstart")
+                                "  picolm plot runs/quickstart/sft runs/quickstart/dpo --out plots/qs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", type=output_folder, default="plots", help="folder for the PNG files")
     p.set_defaults(run=run)
