@@ -43,6 +43,21 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def linear_products(model, tokens: int):
+    """A function that runs the blocks' matrix-vector products (every linear layer but the head, float32, weights
+    pre-transposed) for `tokens` tokens and nothing else: the arithmetic ceiling of batch-1 decoding."""
+    layers = [(m.weight.t().contiguous(), m.bias, torch.zeros(1, m.in_features)) for m in model.modules()
+              if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+
+    def products() -> None:
+        with torch.inference_mode():
+            for _ in range(tokens):
+                for weight, bias, x in layers:
+                    torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+
+    return products
+
+
 def generation_models():
     """The generation benchmarks' GPT (L4 H4 d256, learned positions, vocabulary 512, seed 0) and its
     `transformers` GPT2LMHeadModel twin on the same weights, offline and quiet."""

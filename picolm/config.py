@@ -31,6 +31,7 @@ ARCHITECTURES = ("gpt", "hf", "sdd")
 MAX_INT = 2**63 - 1  # what an int64 tensor holds
 SEEDS = (0, 2**32 - 1)  # what every generator (Python's, NumPy's, torch's) accepts
 MAX_VOCAB = 2**24  # token ids fit uint32 token files many times over; an embedding this tall is already 8 GB at 128
+WEIGHT_DTYPES = ("float32", "bfloat16", "int8")  # inference: the linear layers' weights (picolm/models/low_precision.py)
 MAX_NEW_TOKENS = 1_000_000  # per generation: more never ends on any machine picolm targets
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: a positive setting below it trains as 0
 

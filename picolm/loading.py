@@ -12,6 +12,7 @@ from picolm.checkpoint import find_checkpoint, load_checkpoint
 from picolm.config import LoraConfig, ModelConfig
 from picolm.errors import PicolmError, first_line
 from picolm.models.build import NETWORKS, build_model
+from picolm.models.low_precision import with_weights_in
 from picolm.tokenizer import Tokenizer, tokenizer_from_dict
 
 
@@ -38,13 +39,17 @@ def checkpoint_adapters(state: dict, path) -> LoraConfig:
         raise PicolmError(f"its LoRA settings do not fit this picolm ({exc})", path=path) from None
 
 
-def load_model(target: str | Path, device="cpu") -> LoadedModel:
+def load_model(target: str | Path, device="cpu", dtype: str = "float32") -> LoadedModel:
     """A run directory (its best, else last, checkpoint) or a checkpoint file -> model in eval mode; a LoRA run's
-    adapters merged into its weights, so it is a plain model of its architecture."""
+    adapters merged into its weights, so it is a plain model of its architecture. `dtype`: its linear layers'
+    weights for inference (bfloat16, int8: weight-only low precision)."""
     path = find_checkpoint(target)
     state = load_checkpoint(path, mmap=True)
     if state["architecture"] not in (*NETWORKS, "hf"):
         raise PicolmError(f"unknown architecture {state['architecture']!r}", path=path)
+    if dtype != "float32" and state["architecture"] == "hf":
+        raise PicolmError(f"weights in {dtype} are for picolm's own networks; this checkpoint holds a transformers "
+                          "model (use --dtype float32)", field="--dtype", path=path)
     adapters = checkpoint_adapters(state, path)
     try:
         if state["architecture"] == "hf":
@@ -61,7 +66,7 @@ def load_model(target: str | Path, device="cpu") -> LoadedModel:
             model.load_state_dict(state["model_state_dict"])
     except (RuntimeError, ValueError) as exc:  # tensors missing, extra or of another shape than model_config says
         raise PicolmError(f"its weights do not fit its model_config ({first_line(exc)})", path=path) from None
-    model.to(device).eval()
+    model = with_weights_in(model.to(device).eval(), dtype)
     return LoadedModel(model, checkpoint_tokenizer(state, path), state, path)
 
 

@@ -76,6 +76,29 @@ def test_greedy_generation_is_the_argmax_continuation(trained_run, capsys):
     assert printed == loaded.tokenizer.decode(ids)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_low_precision_weights_cost_little_perplexity_and_decode_their_own_argmax(trained_run, dtype, tmp_path, capsys):
+    perplexity = {}
+    for weights in ("float32", dtype):
+        out = tmp_path / f"{weights}.json"
+        assert main(["eval", str(trained_run), "--split", "test", "--dtype", weights, "--json", str(out)]) == 0
+        perplexity[weights] = json.loads(out.read_text())["perplexity"]
+    assert perplexity[dtype] != perplexity["float32"]  # the weights really changed
+    assert perplexity[dtype] == pytest.approx(perplexity["float32"], rel=0.01)
+    capsys.readouterr()
+    assert main(["generate", str(trained_run), "--prompt", "3 4 5", "--temperature", "0", "--max-new-tokens", "5",
+                 "--dtype", dtype]) == 0
+    loaded = load_model(trained_run, dtype=dtype)
+    ids = loaded.tokenizer.encode("3 4 5")
+    for _ in range(5):
+        with torch.no_grad():
+            next_id = int(loaded.model(torch.tensor([ids]))[0, -1].argmax())
+        if next_id == loaded.tokenizer.eos_id:
+            break
+        ids.append(next_id)
+    assert capsys.readouterr().out.strip() == loaded.tokenizer.decode(ids)
+
+
 def test_sampling_is_reproducible_for_a_seed(trained_run, capsys):
     args = ["generate", str(trained_run), "--prompt", "10 20", "--temperature", "1.0", "--top-k", "20",
             "--max-new-tokens", "8"]

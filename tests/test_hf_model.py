@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from picolm.data.examples import PairExamples, collate_pairs
 from picolm.errors import PicolmError
 from picolm.interop.hf import HFCausalLM, hf_checkpoint_config, hf_model_from_checkpoint, load_hf_model
+from picolm.loading import load_model
 from picolm.data.examples import IGNORE_INDEX
 from picolm.tokenizer import EOS, train_bpe
 from picolm.checkpoint import load_checkpoint, save_checkpoint
@@ -184,6 +185,9 @@ def test_checkpoint_round_trip(loaded, kind, tmp_path):
         assert torch.equal(rebuilt(idx), model.eval()(idx))
     if kind == "gpt2":  # tied weights stay tied
         assert rebuilt.hf.lm_head.weight is rebuilt.hf.transformer.wte.weight
+    with pytest.raises(PicolmError, match="--dtype float32") as refused:  # low precision is for picolm's networks
+        load_model(tmp_path / "c.pt", dtype="int8")
+    assert refused.value.field == "--dtype"
 
 
 def test_grad_checkpointing_switches_the_hf_model(saved):

@@ -7,6 +7,7 @@ import dataclasses
 from picolm.cli.common import (
     Formatter,
     Number,
+    add_dtype_option,
     add_sampling_options,
     count,
     device,
@@ -38,6 +39,7 @@ def register(verbs) -> None:
                             "<|user|> / <|assistant|> turns of conversational (`messages`) training rows")
         p.add_argument("--chats-dir", type=output_folder, default="chats", help="where sessions are saved")
         p.add_argument("--device", default="auto")
+        add_dtype_option(p)
         if verb == "serve":
             add_serve_options(p)
         p.set_defaults(run=run)
@@ -77,7 +79,7 @@ def session(args):
 
     options = sampling_options(args)
     where = device(args.device)
-    return ChatSession(load_model(args.target, device=where), options, where, args.template, args.chats_dir)
+    return ChatSession(load_model(args.target, device=where, dtype=args.dtype), options, where, args.template, args.chats_dir)
 
 
 def chat(args) -> int:

@@ -233,6 +233,15 @@ def add_sampling_options(p: argparse.ArgumentParser, max_new_tokens: int = 100,
         group.add_argument(flag(f.name), **{**keywords, **(changes or {}).get(f.name, {})})
 
 
+def add_dtype_option(p: argparse.ArgumentParser) -> None:
+    from picolm.config import WEIGHT_DTYPES
+
+    p.add_argument("--dtype", default="float32", choices=WEIGHT_DTYPES,
+                   help="the linear layers' weights: float32 (exact), or weight-only bfloat16 / int8 (one scale per "
+                        "row), which change the numbers a little and decode faster where the products dominate "
+                        "(docs/BENCHMARKS.md); activations, norms and the cache stay float32")
+
+
 def sampling_options(args):
     """The SamplingOptions the sampling flags ask for, checked."""
     from picolm.config import SamplingOptions

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from picolm.cli.common import Formatter, add_sampling_options, count, device, output_file, sampling_options
+from picolm.cli.common import (Formatter, add_dtype_option, add_sampling_options, count, device, output_file,
+                               sampling_options)
 
 DESCRIPTION = """\
 Any checkpoint, its architecture read from it. Metrics (--metrics, comma-separated; a model's family says which it
@@ -66,6 +67,7 @@ def register(verbs) -> None:
     p.add_argument("--max-windows", type=count(1), default=None,
                    help="evaluate at most N windows, evenly spread (default: all)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    add_dtype_option(p)
     p.set_defaults(run=run)
 
 
@@ -91,7 +93,7 @@ def run(args) -> int:
                           sampling=sampling_options(args), batch_size=args.batch_size, max_windows=args.max_windows)
     request.validate()
     where = device(args.device)
-    result = RunEvaluation(load_model(args.target, device=where), request, where).run()
+    result = RunEvaluation(load_model(args.target, device=where, dtype=args.dtype), request, where).run()
     print(format_metrics(result))
     if args.json_out:
         write_json(Path(args.json_out), result)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from picolm.cli.common import Formatter, add_sampling_options, count, device, sampling_options
+from picolm.cli.common import Formatter, add_dtype_option, add_sampling_options, count, device, sampling_options
 
 
 def register(verbs) -> None:
@@ -16,6 +16,7 @@ def register(verbs) -> None:
     p.add_argument("--num-samples", type=count(1, 1024), default=1,
                    help="several samples, decoded together in one batch")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    add_dtype_option(p)
     p.set_defaults(run=run)
 
 
@@ -25,7 +26,7 @@ def run(args) -> int:
 
     options = sampling_options(args)
     where = device(args.device)
-    loaded = load_model(args.target, device=where)
+    loaded = load_model(args.target, device=where, dtype=args.dtype)
     generator = TextGenerator(loaded.model, loaded.tokenizer, where)
     generator.check(options)
     # numeric tokens are joined with spaces: the continuation's first number must not run into the prompt's last

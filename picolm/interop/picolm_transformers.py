@@ -146,11 +146,8 @@ class PicolmForCausalLM(PreTrainedModel, GenerationMixin):
         return super().generate(*args, **kwargs)
 
     def _reorder_cache(self, cache, beam_idx: torch.Tensor):
-        """Beam search: keep the cached rows of the surviving beams (every tensor of every layer's state)."""
-        for state in (cache, *cache):
-            for name, value in vars(state).items():
-                if isinstance(value, torch.Tensor):
-                    setattr(state, name, value.index_select(0, beam_idx.to(value.device)))
+        """Beam search: keep the cached rows of the surviving beams."""
+        cache.keep_rows(beam_idx)
         return cache
 
     def _attention_inputs(self, attention_mask, position_ids, past: int, length: int):

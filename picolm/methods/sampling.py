@@ -104,13 +104,32 @@ class Sampler:
 
 class _Batch:
     """Left-padded token rows: the positions each row counts from its own first token, and which columns are
-    real tokens (padding is never attended to)."""
+    real tokens (padding is never attended to). New tokens are kept aside and joined only when the whole rows are
+    read (a refill of the cache), not at every step."""
 
-    def __init__(self, prompts: list[list[int]], pad_id: int, device):
+    def __init__(self, prompts: list[list[int]], pad_id: int, block_size: int, device):
         width = max(len(p) for p in prompts)
+        self.block_size = block_size
         self.pad = torch.tensor([width - len(p) for p in prompts], device=device)
-        self.tokens = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+        self._tokens = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+        self.new: list[torch.Tensor] = []
+        self.width = width
+        self._set_padding()
+
+    def _set_padding(self) -> None:
         self.padded = bool(self.pad.any())
+        self.real = self._real(self.block_size) if self.padded else None  # (B, block_size) the visible columns
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        if self.new:
+            self._tokens = torch.cat([self._tokens, torch.stack(self.new, dim=1)], dim=1)
+            self.new = []
+        return self._tokens
+
+    def append(self, token: torch.Tensor) -> None:
+        self.new.append(token)
+        self.width += 1
 
     def _real(self, end: int) -> torch.Tensor:
         return torch.arange(end, device=self.pad.device) >= self.pad[:, None]
@@ -122,18 +141,25 @@ class _Batch:
         """(B, 1, end - start, end), or None when no row is padded."""
         return padding_mask(self._real(end), start) if self.padded else None
 
+    def last_positions(self) -> torch.Tensor | None:
+        """(B,) the position of each row's last token, or None when no row is padded (all at width - 1)."""
+        return self.width - 1 - self.pad if self.padded else None
+
     def drop_front(self, n: int) -> None:
         """Forget the first n columns (the context window slides)."""
-        self.tokens = self.tokens[:, n:]
+        self._tokens = self.tokens[:, n:]
+        self.width -= n
         self.pad = (self.pad - n).clamp(min=0)
-        self.padded = bool(self.pad.any())
+        self._set_padding()
 
 
 class LeftToRight(Sampler):
-    """Next-token decoding: prompts in a left-padded batch, a KV cache where the model has one (`new_cache` /
-    `decode`), greedy or sampled tokens (temperature, top-k, top-p, repetition penalty), EOS. Any other model with
-    `forward(idx, positions=, attn_mask=) -> logits` recomputes the context every step. When the context fills, the
-    window slides: the cache restarts from the last half of it."""
+    """Next-token decoding: prompts in a left-padded batch, a KV cache where the model has one (`new_cache`, then
+    `decode` for the prompts and `step` for each new token), greedy or sampled tokens (temperature, top-k, top-p,
+    repetition penalty), EOS. Any other model with `forward(idx, positions=, attn_mask=) -> logits` recomputes the
+    context every step. When the context fills, the window slides: the cache restarts from the last half of it.
+    Each step runs only the operations its options need: at batch 1 on a CPU each costs about as much as a
+    token's matrix products."""
 
     reads = ("repetition_penalty",)
     refusal = "this model decodes left to right"
@@ -149,7 +175,7 @@ class LeftToRight(Sampler):
         model.eval()
         generator = seeded_generator(options.seed, device)
         pad_id = eos_id or 0
-        batch = _Batch(prompts, pad_id, device)
+        batch = _Batch(prompts, pad_id, block_size, device)
         cached = hasattr(model, "new_cache")
         seen = None
         if options.repetition_penalty != 1.0:
@@ -157,37 +183,42 @@ class LeftToRight(Sampler):
             seen.scatter_(1, batch.tokens, True)
             seen[:, pad_id] &= torch.tensor([pad_id in p for p in prompts], device=device)
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-        cache, fed = None, 0  # fed: how many columns of batch.tokens the cache holds
+        any_done = False
+        cache, token = None, None
         try:
             for _ in range(options.max_new_tokens):
-                width = batch.tokens.shape[1]
-                if cached:
-                    if cache is None or width > block_size:  # the first step, or the cache is full
-                        if width > block_size:
-                            batch.drop_front(width - block_size // 2)
-                            width = batch.tokens.shape[1]
-                        cache, fed = model.new_cache(len(prompts)), 0
-                    logits = model.decode(batch.tokens[:, fed:], cache, positions=batch.positions(fed, width),
-                                          attn_mask=batch.mask(fed, width))
-                    fed = width
-                else:
-                    if width > block_size:
-                        batch.drop_front(width - block_size)
-                        width = block_size
+                if batch.width > block_size:  # the context is full: slide the window
+                    batch.drop_front(batch.width - (block_size // 2 if cached else block_size))
+                    cache = None
+                width = batch.width
+                if not cached:
                     logits = model(batch.tokens, positions=batch.positions(0, width),
                                    attn_mask=batch.mask(0, width))[:, -1]
-                logits = logits[:, :vocab_size].float()
+                elif cache is None:  # the prompts, or what is left of the rows after a slide
+                    cache = model.new_cache(len(prompts))
+                    logits = model.decode(batch.tokens, cache, positions=batch.positions(0, width),
+                                          attn_mask=batch.mask(0, width))
+                else:
+                    logits = model.step(token, cache, batch.last_positions(), batch.real)
+                if vocab_size is not None and vocab_size < logits.shape[1]:
+                    logits = logits[:, :vocab_size]
+                if logits.dtype != torch.float32:
+                    logits = logits.float()
                 if seen is not None:
                     logits = penalize_repeats(logits, seen[:, :logits.shape[1]], options.repetition_penalty)
                 token = next_tokens(logits, options, generator)
                 if eos_id is not None:
-                    token = token.masked_fill(done, eos_id)
-                    done |= token == eos_id
+                    if any_done:
+                        token = token.masked_fill(done, eos_id)
+                    ended = token == eos_id
+                    if bool(ended.any()):
+                        done |= ended
+                        any_done = True
                 if seen is not None:
                     seen.scatter_(1, token[:, None], True)
-                batch.tokens = torch.cat([batch.tokens, token[:, None]], dim=1)
+                batch.append(token)
                 yield token
-                if bool(done.all()):
+                if any_done and bool(done.all()):
                     break
         finally:
             model.train(was_training)

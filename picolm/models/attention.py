@@ -13,18 +13,29 @@ from picolm.models.position import apply_rotary
 
 
 class LayerCache:
-    """One layer's keys and values for decoding, (B, H, capacity, D) each, filled up to `length`."""
+    """One layer's decoding state: the query, key and value of every token so far, as rows (capacity, B, 3C) filled
+    up to `length`. Keeping a token's query beside its key and value lets a decoding step's qkv product write
+    straight into its row (`LeanStep`); keys and values are read as strided (B, H, T, D) views of the rows."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
-        self.keys, self.values, self.length = keys, values, 0
+    def __init__(self, rows: torch.Tensor, n_head: int):
+        self.rows, self.n_head, self.length = rows, n_head, 0
+
+    def heads(self, part: int, start: int, end: int) -> torch.Tensor:
+        """Rows start..end-1 of the queries (part 0), keys (1) or values (2), as (B, H, end - start, D)."""
+        _, B, width = self.rows.shape
+        return self.rows[start:end].view(end - start, B, 3, self.n_head, width // 3 // self.n_head)[:, :, part] \
+            .permute(1, 2, 0, 3)
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        self.rows = self.rows.index_select(1, index.to(self.rows.device))
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store new (B, H, T, D) keys and values; return all of them so far."""
         end = self.length + k.shape[2]
-        self.keys[:, :, self.length:end] = k
-        self.values[:, :, self.length:end] = v
+        self.heads(1, self.length, end).copy_(k)
+        self.heads(2, self.length, end).copy_(v)
         self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        return self.heads(1, 0, end), self.heads(2, 0, end)
 
 
 class SoftmaxAttention(nn.Module):
@@ -37,8 +48,7 @@ class SoftmaxAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
     def new_cache(self, batch_size: int, capacity: int, like: torch.Tensor) -> LayerCache:
-        shape = (batch_size, self.n_head, capacity, self.qkv.in_features // self.n_head)
-        return LayerCache(like.new_empty(shape), like.new_empty(shape))
+        return LayerCache(like.new_empty(capacity, batch_size, 3 * self.qkv.in_features), self.n_head)
 
     def _heads(self, x: torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values (B, H, T, D), rotated when the model uses RoPE."""

@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from picolm.config import ModelConfig
-from picolm.models.attention import build_attention
+from picolm.models.attention import LayerCache, build_attention
+from picolm.models.lean_step import LeanStep
 from picolm.models.linear_cross_entropy import linear_cross_entropy, linear_log_probs
 from picolm.models.position import LearnedPosition, build_position
 
@@ -25,15 +26,24 @@ def build_norm(config: ModelConfig) -> nn.Module:
 
 
 class DecodeCache(list):
-    """One decoding state per layer (keys and values, or a recurrent state), plus the last token embedding."""
+    """One decoding state per layer (keys and values, or a recurrent state), plus the last token embedding and, for
+    softmax attention, the lean single-token step over these layers."""
 
-    def __init__(self, layers):
+    def __init__(self, layers, model: "GPT"):
         super().__init__(layers)
         self.last_embedding: torch.Tensor | None = None
+        self.lean_step = LeanStep(model) if all(isinstance(layer, LayerCache) for layer in self) else None
 
     @property
     def length(self) -> int:
         return self[0].length
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (B',) of every layer's state, in that order (beam search)."""
+        for layer in self:
+            layer.keep_rows(index)
+        if self.last_embedding is not None:
+            self.last_embedding = self.last_embedding.index_select(0, index.to(self.last_embedding.device))
 
 
 class MLP(nn.Module):
@@ -166,14 +176,24 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, capacity: int | None = None) -> "DecodeCache":
         """Empty per-layer decoding state for up to `capacity` tokens (default: block_size)."""
-        return DecodeCache(block.attn.new_cache(batch_size, capacity or self.config.block_size,
-                                                self.lm_head.weight) for block in self.blocks)
+        return DecodeCache((block.attn.new_cache(batch_size, capacity or self.config.block_size, self.wte.weight)
+                            for block in self.blocks), self)
 
     def decode(self, idx: torch.Tensor, cache: "DecodeCache", positions: torch.Tensor | None = None,
                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, vocab) after the last of `idx` (B, T), which comes after the cached tokens and joins them."""
         hidden = self.hidden_states(idx, positions=positions, attn_mask=attn_mask, cache=cache)
         return self.lm_head(hidden[:, -1])
+
+    def step(self, tokens: torch.Tensor, cache: "DecodeCache", positions: torch.Tensor | None = None,
+             visible: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, vocab) after one more token per row (B,), which joins the cache: `decode` for a single
+        token, through the lean step where there is one. `positions` (B,) for rows that count positions their own
+        way, `visible` (B, cache.length + 1) True where a row may attend (None: everywhere)."""
+        if cache.lean_step is not None:
+            return cache.lean_step(tokens, cache, positions, visible)
+        return self.decode(tokens[:, None], cache, None if positions is None else positions[:, None],
+                           None if visible is None else visible[:, None, None, :cache.length + 1])
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, positions: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, predict_at: torch.Tensor | None = None, with_hits: bool = False):

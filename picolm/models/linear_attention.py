@@ -27,6 +27,10 @@ class RecurrentState:
     def __init__(self, state: torch.Tensor, normalizer: torch.Tensor):
         self.state, self.normalizer, self.length = state, normalizer, 0
 
+    def keep_rows(self, index: torch.Tensor) -> None:
+        self.state = self.state.index_select(0, index.to(self.state.device))
+        self.normalizer = self.normalizer.index_select(0, index.to(self.normalizer.device))
+
 
 class Features:
     """A layer's feature-mapped queries and keys (plain and, with RoPE, rotated) and values, float32 (B, H, T, D)."""
