@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -65,6 +66,32 @@ def save_checkpoint(state: dict, path: str | Path, weights: str | Path | None = 
                           path=targets[len(written) - 1] if written else path) from None
     for tmp, target in reversed(list(zip(written, targets, strict=True))):
         os.replace(tmp, target)
+
+
+def link_checkpoint(source: str | Path, target: str | Path) -> None:
+    """Give `target` the checkpoint pair of `source` (the .pt and its .safetensors) without writing it again: hard
+    links where the file system has them, copies elsewhere. Placed as `save_checkpoint` places its files (temporary
+    names, the checkpoint renamed first), so a later save of either name replaces its own files only."""
+    source, target = Path(source), Path(target)
+    pairs = [(source.with_suffix(".safetensors"), target.with_suffix(".safetensors")), (source, target)]
+    written = []
+    try:
+        for original, name in pairs:
+            written.append(_tmp(name))
+            written[-1].unlink(missing_ok=True)
+            try:
+                os.link(original, written[-1])
+            except OSError:  # no hard links on this file system (FAT, some network shares)
+                shutil.copyfile(original, written[-1])
+                with written[-1].open("rb") as f:
+                    os.fsync(f.fileno())
+    except OSError as exc:
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+        raise PicolmError(f"could not write the checkpoint ({_cause(exc)}); the previous one is kept",
+                          path=pairs[len(written) - 1][1]) from None
+    for tmp, (_, name) in reversed(list(zip(written, pairs, strict=True))):
+        os.replace(tmp, name)
 
 
 def _cause(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from picolm.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from picolm.checkpoint import link_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from picolm.cli import main
 from picolm.data.pack import prepare
 from picolm.data.preparation import PrepareOptions
@@ -289,6 +289,21 @@ def test_a_full_disk_keeps_the_previous_checkpoint_pair_and_leaves_no_temporary_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.safetensors"]
     assert load_checkpoint(path)["global_step"] == 1
     assert load_weights(path.with_suffix(".safetensors"))[1]["global_step"] == "1"
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "copies"])
+def test_a_checkpoint_given_a_second_name_keeps_it_when_the_first_is_saved_again(tmp_path, monkeypatch, links):
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint(checkpoint_state(1), last, weights=last.with_suffix(".safetensors"))
+    if not links:  # a file system without hard links
+        monkeypatch.setattr("os.link", lambda *args: (_ for _ in ()).throw(OSError(1, "Operation not permitted")))
+    link_checkpoint(last, best)
+    save_checkpoint(checkpoint_state(2), last, weights=last.with_suffix(".safetensors"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "best.safetensors", "last.pt", "last.safetensors"]
+    assert (load_checkpoint(best)["global_step"], load_weights(best.with_suffix(".safetensors"))[1]["global_step"]) \
+        == (1, "1")
+    assert (load_checkpoint(last)["global_step"], load_weights(last.with_suffix(".safetensors"))[1]["global_step"]) \
+        == (2, "2")
 
 
 def test_a_full_disk_mid_training_is_one_line(numeric_data, tmp_path, capsys):

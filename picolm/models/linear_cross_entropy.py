@@ -43,20 +43,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 t = safe_targets[start:start + chunk_rows]
                 mask = valid[start:start + chunk_rows]
                 logits = (h @ w.t()).to(acc_dtype)
-                lse = torch.logsumexp(logits, dim=-1)
                 target_logit = logits.gather(1, t[:, None]).squeeze(1)
-                loss_sum += ((lse - target_logit) * mask).sum()
-                correct += ((logits.argmax(dim=-1) == t) & mask).sum()
+                row_max, predicted = logits.max(dim=-1)
+                exps = logits.sub_(row_max[:, None]).exp_()  # in place: the chunk's one full-size buffer
+                sum_exps = exps.sum(dim=-1)
+                loss_sum += ((row_max + sum_exps.log() - target_logit) * mask).sum()
+                correct += ((predicted == t) & mask).sum()
                 if needs_grad:
-                    probs = logits.sub_(lse[:, None]).exp_()
-                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
-                    probs.mul_((mask.to(acc_dtype) / n_valid)[:, None])
-                    probs = probs.to(dtype)
-                    grad_hidden[start:start + chunk_rows] = (probs @ w).to(hidden.dtype)
+                    # d loss / d logits = scale * (softmax - onehot(target)), scale = mask / n_valid per row; the
+                    # row scales go to the small operands (rows of h, of the result), the one-hot part to the
+                    # target rows, so the logits are never rewritten as probabilities
+                    scale = (mask.to(acc_dtype) / n_valid)[:, None]
+                    softmax_scale = scale / sum_exps[:, None]
+                    exps = exps.to(dtype)
+                    grad_hidden[start:start + chunk_rows] = torch.addcmul(
+                        w[t].to(acc_dtype) * -scale, (exps @ w).to(acc_dtype), softmax_scale).to(hidden.dtype)
+                    h = h.to(acc_dtype)
                     if dtype == acc_dtype:
-                        grad_weight.addmm_(probs.t(), h)
+                        grad_weight.addmm_(exps.t(), h * softmax_scale)
                     else:
-                        grad_weight += (probs.t() @ h).to(acc_dtype)
+                        grad_weight += (exps.t() @ (h * softmax_scale).to(dtype)).to(acc_dtype)
+                    grad_weight.index_add_(0, t, h * scale, alpha=-1)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(correct, n_valid)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from picolm.checkpoint import save_checkpoint
+from picolm.checkpoint import link_checkpoint, save_checkpoint
 from picolm.config import Config, save_config
 from picolm.errors import PicolmError, TrainingStopped, first_line
 from picolm.loading import describe_mismatch
@@ -203,11 +203,15 @@ class Trainer:
         }
 
     def save(self, *names: str) -> None:
-        """checkpoints/{name}.pt for each name, with its weights as {name}.safetensors; written by rank 0 alone."""
+        """checkpoints/{name}.pt for each name, with its weights as {name}.safetensors; written by rank 0 alone, once:
+        the other names are links to the first."""
         state = self.checkpoint_state()
-        for name in names if self.distributed.is_main else ():
-            path = self.run_dir / "checkpoints" / f"{name}.pt"
-            save_checkpoint(state, path, weights=path.with_suffix(".safetensors"))
+        if not self.distributed.is_main:
+            return
+        first, *others = (self.run_dir / "checkpoints" / f"{name}.pt" for name in names)
+        save_checkpoint(state, first, weights=first.with_suffix(".safetensors"))
+        for path in others:
+            link_checkpoint(first, path)
 
     def close(self, failed: bool = False) -> None:
         """Leave the torchrun process group (nothing to do in one process); the trainer is done with. After a
