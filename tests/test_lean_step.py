@@ -3,6 +3,7 @@ model can have, batch 1 and left-padded batches; and weight-only low precision a
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from picolm.config import ModelConfig
 from picolm.models.gpt import GPT
@@ -75,6 +76,35 @@ def test_left_padded_rows_step_as_they_would_alone(architecture):
         for row in range(3):
             alone = step_by_step(model, tokens[row:row + 1, pad[row]:], 8 - int(pad[row]), lean=True)
             torch.testing.assert_close(batch[row], alone[0], atol=1e-4, rtol=1e-4)
+
+
+class OperationCount(TorchDispatchMode):
+    """How many tensor operations run inside the `with` block."""
+
+    def __enter__(self):
+        self.count = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("position, per_layer", [("learned", 15), ("rope", 19)])
+def test_the_lean_step_runs_few_operations_per_token(position, per_layer):
+    """At batch 1 each operation costs about as much as the token's products (docs/BENCHMARKS.md): a regression here
+    is a slowdown that no timing-free test would see otherwise."""
+    model = model_with(position=position, n_layer=4)
+    counts = {}
+    with torch.inference_mode():
+        for lean in (True, False):
+            cache = model.new_cache(1)
+            model.decode(torch.tensor([[1, 2, 3]]), cache)
+            with OperationCount() as operations:
+                model.step(torch.tensor([4]), cache) if lean else model.decode(torch.tensor([[4]]), cache)
+            counts[lean] = operations.count
+    assert counts[True] <= 4 * per_layer + 8
+    assert counts[True] < counts[False] / 2
 
 
 def test_linear_attention_steps_through_its_recurrent_state():

@@ -95,7 +95,8 @@ class LeanStep:
             qkv_into(norm_1(x), rows[length])
             if self.rotary is not None:  # rotate this token's query and key in place: x cos + roll(x, D/2) sin
                 qk = rows.as_strided((B, 2 * H, D), (3 * C, D, 1), length * row_stride)
-                qk.copy_(torch.addcmul(qk * cos, qk.roll(D // 2, -1), sin))
+                rolled = qk.roll(D // 2, -1)
+                qk.mul_(cos).addcmul_(rolled, sin)
             q = rows.as_strided((B, H, 1, D), (3 * C, D, row_stride, 1), length * row_stride)
             k = rows.as_strided((B, H, seen, D), (3 * C, D, row_stride, 1), C)
             v = rows.as_strided((B, H, seen, D), (3 * C, D, row_stride, 1), 2 * C)
