@@ -150,21 +150,28 @@ def dpo_config(output_dir: str, fair: bool, batch_size: int = 8, epochs: int = 1
 
 
 def trl_dpo_pairs_per_second(pairs: list[dict], model_dir: str, tokenizer_dir: str, fair: bool,
-                             batch_size: int = 8, epochs: int = 1) -> dict:
+                             batch_size: int = 8, epochs: int = 1, whole_job: bool = False) -> dict:
     """Run `trl.DPOTrainer` over `pairs` ({"prompt", "chosen", "rejected"} plain strings) for `epochs` epochs on the
     model saved in model_dir (policy and reference both loaded from it, float32), timing only `trainer.train()`.
     Dataset tokenization and the reference model's loading happen in the trainer's constructor, outside the
-    timing."""
+    timing. With `whole_job`, the timing covers what picolm's side does: from the constructor (loading, tokenizing)
+    through training, an evaluation over the first batch of pairs and the trained model saved."""
     from datasets import Dataset
     from trl import DPOTrainer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     with tempfile.TemporaryDirectory() as output_dir:
         args = dpo_config(output_dir, fair, batch_size=batch_size, epochs=epochs)
+        job_start = time.perf_counter()
         trainer = DPOTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(pairs),
+                             eval_dataset=Dataset.from_list(pairs[:batch_size]) if whole_job else None,
                              processing_class=tokenizer)
         start = time.perf_counter()
         trainer.train()
+        if whole_job:
+            trainer.evaluate()
+            trainer.save_model(str(Path(output_dir) / "final"))
+            start = job_start
         seconds = time.perf_counter() - start
     count = len(pairs) * epochs
     return {"pairs_per_second": count / seconds, "seconds": seconds, "pairs": count}

@@ -5,8 +5,9 @@ The model is a run directory (default: the quickstart's pretraining, the built-i
 RoPE, 300 steps, trained here into a temporary folder first: about 2 minutes). With --preset, an untrained model of
 that size (vocabulary 2048, seed 0) is timed instead, speed only: where the weights outgrow the caches, the products
 are bound by memory and a smaller weight pays most. Perplexity is `picolm eval`'s on the
-test split; agreement is over --prompts test-split openings of 16 tokens, greedy, 200 new tokens each: the share of
-new tokens that equal float32's at the same place, and the share of continuations identical to the end. Speed: 200
+test split; agreement is over --prompts test-split windows of 16 tokens, greedy, 200 new tokens each: the share of
+new tokens that equal float32's at the same place, the mean count before the first difference, and the share of
+continuations identical to the end. Speed: 200
 greedy tokens after each of 8 prompts, the precisions interleaved in rounds (medians), beside the float32 products
 alone (the arithmetic ceiling of `decode_floor.py`, for any architecture).
 
@@ -46,10 +47,15 @@ def perplexity(run: Path, dtype: str) -> float:
     return RunEvaluation(load_model(run, dtype=dtype), request, torch.device("cpu")).run()["perplexity"]
 
 
-def agreement(theirs: list[list[int]], ours: list[list[int]]) -> tuple[float, float]:
-    """The share of tokens equal at the same place, and the share of continuations equal to the end."""
+def agreement(theirs: list[list[int]], ours: list[list[int]]) -> tuple[float, float, float]:
+    """The share of tokens equal at the same place, the mean number of tokens before the first difference, and the
+    share of continuations equal to the end. Greedy decoding amplifies any difference: once a near-tie flips, the
+    rest of the continuation differs, so the first two measure different things."""
     same = sum(a == b for x, y in zip(theirs, ours) for a, b in zip(x, y))
-    return same / sum(map(len, theirs)), sum(x == y for x, y in zip(theirs, ours)) / len(theirs)
+    prefixes = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), min(len(x), len(y)))
+                for x, y in zip(theirs, ours)]
+    return (same / sum(map(len, theirs)), sum(prefixes) / len(prefixes),
+            sum(x == y for x, y in zip(theirs, ours)) / len(theirs))
 
 
 def speed_only(preset: str, rounds: int) -> None:
@@ -112,9 +118,10 @@ def main() -> None:
         ceiling = 8 * NEW_TOKENS / median(times.pop("products"))
         rate = {dtype: 8 * NEW_TOKENS / median(seconds) for dtype, seconds in times.items()}
         for dtype in DTYPES:
-            tokens_equal, rows_equal = agreement(continuations["float32"], continuations[dtype])
+            tokens_equal, prefix, rows_equal = agreement(continuations["float32"], continuations[dtype])
             print(f"{dtype:9s} perplexity {perplexity(run, dtype):8.4f}  greedy agreement {tokens_equal:.3f} of "
-                  f"tokens, {rows_equal:.2f} of continuations  {rate[dtype]:6.0f} tok/s  "
+                  f"tokens, first difference after {prefix:5.1f} tokens, {rows_equal:.2f} of continuations equal  "
+                  f"{rate[dtype]:6.0f} tok/s  "
                   f"{rate[dtype] / rate['float32']:4.2f}x float32  {rate[dtype] / ceiling:4.2f} of the float32 "
                   f"ceiling")
         print(f"float32 products alone {ceiling:6.0f} tok/s (the arithmetic ceiling)")

@@ -107,6 +107,22 @@ def test_the_lean_step_runs_few_operations_per_token(position, per_layer):
     assert counts[True] < counts[False] / 2
 
 
+def test_layers_carrying_lora_adapters_step_with_their_adapters():
+    from picolm.config import LoraConfig
+    from picolm.interop.lora import add_adapters
+
+    model = add_adapters(model_with(position="rope"), LoraConfig(rank=4, alpha=8))
+    with torch.no_grad():  # adapters that change the output (peft starts B at zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p))
+    model.eval()
+    tokens = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        torch.testing.assert_close(step_by_step(model, tokens, 4, lean=True), model(tokens)[:, 3:],
+                                   atol=1e-4, rtol=1e-4)
+
+
 def test_linear_attention_steps_through_its_recurrent_state():
     model = model_with(attention="linear", position="rope")
     tokens = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(3))
@@ -133,7 +149,7 @@ def test_low_precision_layers_multiply_by_their_stored_weights(kind, width):
     expected = x @ stored.T + linear.bias
     torch.testing.assert_close(layer(x), expected, atol=0.05, rtol=0.02)  # bfloat16 activations in the product
     if kind is Int8Linear:
-        assert layer.kernel == (width % INT8_KERNEL_WIDTH == 0)
+        assert layer.fits_kernel == (width % INT8_KERNEL_WIDTH == 0)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])

@@ -238,8 +238,9 @@ def add_dtype_option(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--dtype", default="float32", choices=WEIGHT_DTYPES,
                    help="the linear layers' weights: float32 (exact), or weight-only bfloat16 / int8 (one scale per "
-                        "row), which change the numbers a little and decode faster where the products dominate "
-                        "(docs/BENCHMARKS.md); activations, norms and the cache stay float32")
+                        "row), which change the numbers a little and decode faster where the weights outgrow the "
+                        "CPU's caches (docs/BENCHMARKS.md); the norms, residual stream and cache stay float32, the "
+                        "products take bfloat16")
 
 
 def sampling_options(args):

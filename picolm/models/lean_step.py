@@ -17,9 +17,12 @@ from picolm.models.low_precision import LowPrecisionLinear
 
 
 def projection(linear: nn.Module):
-    """(x -> x W^T + b, (x, out) -> out = x W^T + b) for a float32 or a low-precision linear layer."""
+    """(x -> x W^T + b, (x, out) -> out = x W^T + b) for a float32 or a low-precision linear layer; any other layer
+    in its place (one carrying LoRA adapters while it trains) is called as it is."""
     if isinstance(linear, LowPrecisionLinear):
         return linear.product, lambda x, out: out.copy_(linear.product(x))
+    if type(linear) is not nn.Linear:
+        return linear, lambda x, out: out.copy_(linear(x))
     weight, bias = linear.weight, linear.bias
     transposed = weight.t()
     if bias is None:
@@ -53,7 +56,7 @@ class LeanStep:
     """`step(tokens, cache, positions, visible)`: the logits after one more token per row, written into the cache.
 
     `positions` (B,) are the tokens' positions when rows count them differently (left padding), else None (every
-    row at `cache.length`); `visible` (B, length + 1) is True where a row may attend, or None for everywhere."""
+    row at `cache.length`); `visible` (B, at least length + 1) is True where a row may attend, or None for all."""
 
     def __init__(self, model):
         config = model.config

@@ -1,9 +1,11 @@
 """Weight-only low precision for inference: every linear layer's weights stored in bfloat16, or in int8 with one
-float scale per output row (symmetric, round to nearest), while the residual stream, the norms and the KV cache stay
-float32; the products take and give bfloat16. It changes the numbers (a little), so it is an option of the inference verbs, never the default.
+bfloat16 scale per output row (symmetric, round to nearest), while the residual stream, the norms and the KV cache
+stay float32; the products take and give bfloat16. It changes the numbers (a little), so it is an option of the
+inference verbs, never the default.
 
 On a CPU the int8 product runs through PyTorch's weight-only kernel (`_weight_int8pack_mm`, bfloat16 activations),
-the same one gpt-fast and torchao use; layers whose input width it does not take fall back to dequantising."""
+the same one gpt-fast and torchao use; layers whose input width it does not take, and other devices, dequantise the
+weights for each product instead (correct, not fast)."""
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ class Int8Linear(LowPrecisionLinear):
         scales = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny).to(torch.bfloat16)
         self.register_buffer("stored", (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8))
         self.register_buffer("scales", scales)
-        self.kernel = self.stored.device.type != "cpu" or self.in_features % INT8_KERNEL_WIDTH == 0
+        self.fits_kernel = self.in_features % INT8_KERNEL_WIDTH == 0
 
     @property
     def weight(self) -> torch.Tensor:
@@ -63,7 +65,7 @@ class Int8Linear(LowPrecisionLinear):
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.bfloat16)
-        if not self.kernel:
+        if not (self.fits_kernel and x.is_cpu):  # the kernel where it is known to work; else dequantise
             return F.linear(x, self.weight.to(torch.bfloat16), self.bias)
         y = torch.ops.aten._weight_int8pack_mm(x, self.stored, self.scales)
         return y if self.bias is None else y + self.bias
