@@ -61,19 +61,22 @@ def test_eval_json_reports_loss_perplexity_accuracy_and_kinds(trained_run, tmp_p
     assert "perplexity" in capsys.readouterr().out
 
 
-def test_greedy_generation_is_the_argmax_continuation(trained_run, capsys):
-    assert main(["generate", str(trained_run), "--prompt", "3 4 5", "--temperature", "0",
-                 "--max-new-tokens", "5"]) == 0
-    printed = capsys.readouterr().out.strip()
-    loaded = load_model(trained_run)
-    ids = loaded.tokenizer.encode("3 4 5")
-    for _ in range(5):
+def argmax_continuation(loaded, prompt: str, new_tokens: int) -> str:
+    """The prompt and its greedy continuation, the whole context through forward() at every step."""
+    ids = loaded.tokenizer.encode(prompt)
+    for _ in range(new_tokens):
         with torch.no_grad():
             next_id = int(loaded.model(torch.tensor([ids]))[0, -1].argmax())
         if next_id == loaded.tokenizer.eos_id:
             break
         ids.append(next_id)
-    assert printed == loaded.tokenizer.decode(ids)
+    return loaded.tokenizer.decode(ids)
+
+
+def test_greedy_generation_is_the_argmax_continuation(trained_run, capsys):
+    assert main(["generate", str(trained_run), "--prompt", "3 4 5", "--temperature", "0",
+                 "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.strip() == argmax_continuation(load_model(trained_run), "3 4 5", 5)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
@@ -88,15 +91,7 @@ def test_low_precision_weights_cost_little_perplexity_and_decode_their_own_argma
     capsys.readouterr()
     assert main(["generate", str(trained_run), "--prompt", "3 4 5", "--temperature", "0", "--max-new-tokens", "5",
                  "--dtype", dtype]) == 0
-    loaded = load_model(trained_run, dtype=dtype)
-    ids = loaded.tokenizer.encode("3 4 5")
-    for _ in range(5):
-        with torch.no_grad():
-            next_id = int(loaded.model(torch.tensor([ids]))[0, -1].argmax())
-        if next_id == loaded.tokenizer.eos_id:
-            break
-        ids.append(next_id)
-    assert capsys.readouterr().out.strip() == loaded.tokenizer.decode(ids)
+    assert capsys.readouterr().out.strip() == argmax_continuation(load_model(trained_run, dtype=dtype), "3 4 5", 5)
 
 
 def test_sampling_is_reproducible_for_a_seed(trained_run, capsys):
