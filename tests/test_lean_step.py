@@ -55,7 +55,10 @@ def test_the_lean_step_computes_what_the_modules_compute(architecture):
     model = model_with(**architecture)
     tokens = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        assert model.new_cache(1).lean_step is not None
+        cache = model.new_cache(1)
+        model.decode(tokens[:, :6], cache)
+        model.step(tokens[:, 6], cache)
+        assert cache.lean_step is not None  # the lean step, not the modules, took that token
         lean = step_by_step(model, tokens, 6, lean=True)
         modules = step_by_step(model, tokens, 6, lean=False)
         full = model(tokens)[:, 5:]
@@ -100,8 +103,9 @@ def test_the_lean_step_runs_few_operations_per_token(position, per_layer):
         for lean in (True, False):
             cache = model.new_cache(1)
             model.decode(torch.tensor([[1, 2, 3]]), cache)
+            model.step(torch.tensor([4]), cache)  # the first step makes the lean step; the next ones reuse it
             with OperationCount() as operations:
-                model.step(torch.tensor([4]), cache) if lean else model.decode(torch.tensor([[4]]), cache)
+                model.step(torch.tensor([5]), cache) if lean else model.decode(torch.tensor([[5]]), cache)
             counts[lean] = operations.count
     assert counts[True] <= 4 * per_layer + 8
     assert counts[True] < counts[False] / 2
@@ -127,7 +131,7 @@ def test_linear_attention_steps_through_its_recurrent_state():
     model = model_with(attention="linear", position="rope")
     tokens = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        assert model.new_cache(2).lean_step is None
+        assert not model.new_cache(2).steps_lean
         torch.testing.assert_close(step_by_step(model, tokens, 5, lean=True), model(tokens)[:, 4:],
                                    atol=1e-4, rtol=1e-4)
 

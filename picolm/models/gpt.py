@@ -27,12 +27,14 @@ def build_norm(config: ModelConfig) -> nn.Module:
 
 class DecodeCache(list):
     """One decoding state per layer (keys and values, or a recurrent state), plus the last token embedding and, for
-    softmax attention, the lean single-token step over these layers."""
+    softmax attention, the lean single-token step over these layers (made by `GPT.step` at its first token, so a
+    cache only ever fed through `decode`, as the transformers adapter does, never copies the weights)."""
 
-    def __init__(self, layers, model: "GPT"):
+    def __init__(self, layers):
         super().__init__(layers)
         self.last_embedding: torch.Tensor | None = None
-        self.lean_step = LeanStep(model) if all(isinstance(layer, LayerCache) for layer in self) else None
+        self.steps_lean = all(isinstance(layer, LayerCache) for layer in self)
+        self.lean_step: LeanStep | None = None
 
     @property
     def length(self) -> int:
@@ -176,8 +178,8 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, capacity: int | None = None) -> "DecodeCache":
         """Empty per-layer decoding state for up to `capacity` tokens (default: block_size)."""
-        return DecodeCache((block.attn.new_cache(batch_size, capacity or self.config.block_size, self.wte.weight)
-                            for block in self.blocks), self)
+        return DecodeCache(block.attn.new_cache(batch_size, capacity or self.config.block_size, self.wte.weight)
+                           for block in self.blocks)
 
     def decode(self, idx: torch.Tensor, cache: "DecodeCache", positions: torch.Tensor | None = None,
                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -189,8 +191,10 @@ class GPT(nn.Module):
              visible: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, vocab) after one more token per row (B,), which joins the cache: `decode` for a single
         token, through the lean step where there is one. `positions` (B,) for rows that count positions their own
-        way, `visible` (B, cache.length + 1) True where a row may attend (None: everywhere)."""
-        if cache.lean_step is not None:
+        way, `visible` (B, at least cache.length + 1) True where a row may attend (None: everywhere)."""
+        if cache.steps_lean:
+            if cache.lean_step is None:
+                cache.lean_step = LeanStep(self)
             return cache.lean_step(tokens, cache, positions, visible)
         return self.decode(tokens[:, None], cache, None if positions is None else positions[:, None],
                            None if visible is None else visible[:, None, None, :cache.length + 1])
