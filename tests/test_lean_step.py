@@ -50,15 +50,32 @@ def step_by_step(model, tokens: torch.Tensor, prefill: int, lean: bool, position
     return torch.stack(logits, dim=1)
 
 
+PRODUCTS = {"oneDNN": {"mkldnn._linear_pointwise"}, "transposed": {"aten.addmm", "aten.mm"}}
+
+
+@pytest.fixture(params=sorted(PRODUCTS))
+def products(request, monkeypatch):
+    """The CPU products the lean step uses: oneDNN's on packed weights where PyTorch has oneDNN, else by transposed
+    copies of the weights; returns the names of the operations that do those products."""
+    if request.param == "oneDNN" and not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    if request.param == "transposed":
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    return PRODUCTS[request.param]
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES, ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()))
-def test_the_lean_step_computes_what_the_modules_compute(architecture):
+def test_the_lean_step_computes_what_the_modules_compute(architecture, products):
     model = model_with(**architecture)
     tokens = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         cache = model.new_cache(1)
         model.decode(tokens[:, :6], cache)
-        model.step(tokens[:, 6], cache)
+        with OperationCount() as operations:
+            model.step(tokens[:, 6], cache)
         assert cache.lean_step is not None  # the lean step, not the modules, took that token
+        used = operations.names & set.union(*PRODUCTS.values())
+        assert used and used <= products  # these products, and only these
         lean = step_by_step(model, tokens, 6, lean=True)
         modules = step_by_step(model, tokens, 6, lean=False)
         full = model(tokens)[:, 5:]
@@ -85,15 +102,16 @@ class OperationCount(TorchDispatchMode):
     """How many tensor operations run inside the `with` block."""
 
     def __enter__(self):
-        self.count = 0
+        self.count, self.names = 0, set()
         return super().__enter__()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
+        self.names.add(f"{func.namespace}.{func.__name__.split('.')[0]}")
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("position, per_layer", [("learned", 15), ("rope", 19)])
+@pytest.mark.parametrize("position, per_layer", [("learned", 16), ("rope", 20)])
 def test_the_lean_step_runs_few_operations_per_token(position, per_layer):
     """At batch 1 each operation costs about as much as the token's products (docs/BENCHMARKS.md): a regression here
     is a slowdown that no timing-free test would see otherwise."""
@@ -154,6 +172,18 @@ def test_low_precision_layers_multiply_by_their_stored_weights(kind, width):
     torch.testing.assert_close(layer(x), expected, atol=0.05, rtol=0.02)  # bfloat16 activations in the product
     if kind is Int8Linear:
         assert layer.fits_kernel == (width % INT8_KERNEL_WIDTH == 0)
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_bfloat16_products_made_for_a_step_are_the_layers_own(rows, products):
+    torch.manual_seed(0)
+    layer = BFloat16Linear(torch.nn.Linear(64, 48))
+    x = torch.randn(rows, 64)
+    with OperationCount() as operations:
+        fast = layer.product_for(rows)(x)
+    assert fast.dtype == torch.bfloat16
+    assert ("mkldnn._linear_pointwise" in operations.names) == (products == PRODUCTS["oneDNN"])
+    torch.testing.assert_close(fast, layer.product(x), atol=1e-6, rtol=2**-7)  # one bfloat16 rounding at most
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])

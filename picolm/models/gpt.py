@@ -194,7 +194,7 @@ class GPT(nn.Module):
         way, `visible` (B, at least cache.length + 1) True where a row may attend (None: everywhere)."""
         if cache.steps_lean:
             if cache.lean_step is None:
-                cache.lean_step = LeanStep(self)
+                cache.lean_step = LeanStep(self, tokens.shape[0])
             return cache.lean_step(tokens, cache, positions, visible)
         return self.decode(tokens[:, None], cache, None if positions is None else positions[:, None],
                            None if visible is None else visible[:, None, None, :cache.length + 1])

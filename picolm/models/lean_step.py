@@ -3,9 +3,9 @@
 At batch 1 on a CPU a token's matrix products take less time than the ~80 small tensor operations around them, each
 costing microseconds of dispatch whatever its size (docs/BENCHMARKS.md, "Generation speed"). This step does the same
 arithmetic as `GPT.decode` on a single token with as few operations as it can: the weights gathered once per cache
-(on a CPU, as contiguous transposed copies: the products run faster by them), the qkv product written straight into
-the cache row (`LayerCache`), queries, keys and values read as strided views of the rows, no masks unless a row is
-left-padded, the rotary angles looked up once per token for every layer.
+(on a CPU, packed for oneDNN or as contiguous transposed copies: the products run faster by them), the qkv product
+written straight into the cache row (`LayerCache`), queries, keys and values read as strided views of the rows, no
+masks unless a row is left-padded, the rotary angles looked up once per token for every layer.
 """
 
 from __future__ import annotations
@@ -15,18 +15,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from picolm.models.low_precision import LowPrecisionLinear
+from picolm.models.packed_product import packed_product
 
 
-def projection(linear: nn.Module):
-    """(x -> x W^T + b, (x, out) -> out = x W^T + b) for a float32 or a low-precision linear layer; any other layer
-    in its place (one carrying LoRA adapters while it trains) is called as it is."""
+def projection(linear: nn.Module, rows: int):
+    """(x -> x W^T + b, (x, out) -> out = x W^T + b) for a float32 or a low-precision linear layer, for products of
+    `rows` rows at a time; any other layer in its place (one carrying LoRA adapters while it trains) is called as it
+    is."""
     if isinstance(linear, LowPrecisionLinear):
-        return linear.product, lambda x, out: out.copy_(linear.product(x))
+        product = linear.product_for(rows)
+        return product, lambda x, out: out.copy_(product(x))
     if type(linear) is not nn.Linear:
         return linear, lambda x, out: out.copy_(linear(x))
     weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
-    # On a CPU, a product by a contiguous (in, out) copy of the weights ran 1.3-1.6x faster over a whole decode than
-    # by the (out, in) parameter itself (docs/BENCHMARKS.md): worth a copy of the weights for the cache's lifetime.
+    product = packed_product(weight, bias, rows)
+    if product is not None:
+        return product, lambda x, out: out.copy_(product(x))
+    # Elsewhere on a CPU, a product by a contiguous (in, out) copy of the weights ran 1.3-1.6x faster over a whole
+    # decode than by the (out, in) parameter itself: worth a copy of the weights for the cache's lifetime.
     transposed = weight.t().contiguous() if weight.device.type == "cpu" else weight.t()
     if bias is None:
         return (lambda x: torch.mm(x, transposed)), (lambda x, out: torch.mm(x, transposed, out=out))
@@ -40,18 +46,18 @@ def normalization(norm: nn.Module):
     return lambda x: F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
-def feed_forward(mlp: nn.Module):
+def feed_forward(mlp: nn.Module, rows: int):
     """x -> mlp(x) as functions: GELU (tanh) or SwiGLU, whichever the block has."""
-    out, _ = projection(mlp.proj)
+    out, _ = projection(mlp.proj, rows)
     if hasattr(mlp, "gate_up"):
-        gate_up, _ = projection(mlp.gate_up)
+        gate_up, _ = projection(mlp.gate_up, rows)
         half = mlp.proj.in_features
 
         def swiglu(x):
             both = gate_up(x)
             return out(F.silu(both[:, :half]) * both[:, half:])
         return swiglu
-    fc, _ = projection(mlp.fc)
+    fc, _ = projection(mlp.fc, rows)
     return lambda x: out(F.gelu(fc(x), approximate="tanh"))
 
 
@@ -59,9 +65,10 @@ class LeanStep:
     """`step(tokens, cache, positions, visible)`: the logits after one more token per row, written into the cache.
 
     `positions` (B,) are the tokens' positions when rows count them differently (left padding), else None (every
-    row at `cache.length`); `visible` (B, at least length + 1) is True where a row may attend, or None for all."""
+    row at `cache.length`); `visible` (B, at least length + 1) is True where a row may attend, or None for all.
+    Made for a batch of `rows` rows, which the products' weights are laid out for."""
 
-    def __init__(self, model):
+    def __init__(self, model, rows: int):
         config = model.config
         self.n_head, self.width = config.n_head, config.n_embd
         self.differential = config.differential
@@ -72,10 +79,10 @@ class LeanStep:
             angles = torch.arange(config.block_size, device=self.embedding.device).float()[:, None] \
                 * model.position.inv_freq
             self.rotary = (torch.cat((angles.cos(), angles.cos()), -1), torch.cat((-angles.sin(), angles.sin()), -1))
-        self.layers = [(normalization(b.ln_1), projection(b.attn.qkv)[1], projection(b.attn.proj)[0],
-                        normalization(b.ln_2), feed_forward(b.mlp)) for b in model.blocks]
+        self.layers = [(normalization(b.ln_1), projection(b.attn.qkv, rows)[1], projection(b.attn.proj, rows)[0],
+                        normalization(b.ln_2), feed_forward(b.mlp, rows)) for b in model.blocks]
         self.final_norm = normalization(model.ln_f)
-        self.head = projection(model.lm_head)[0]
+        self.head = projection(model.lm_head, rows)[0]
 
     def __call__(self, tokens: torch.Tensor, cache, positions: torch.Tensor | None = None,
                  visible: torch.Tensor | None = None) -> torch.Tensor:

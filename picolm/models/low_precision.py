@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from picolm.config import WEIGHT_DTYPES
+from picolm.models.packed_product import packed_product
 
 INT8_KERNEL_WIDTH = 16  # _weight_int8pack_mm crashes on CPU for input widths that are not a multiple of this
 
@@ -32,6 +33,10 @@ class LowPrecisionLinear(nn.Module):
         (through GELU) without converting it back and forth."""
         raise NotImplementedError
 
+    def product_for(self, rows: int):
+        """`product` as a decoding step of `rows` rows calls it (the same numbers, in a faster form where one is)."""
+        return self.product
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.product(x.reshape(-1, self.in_features)).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
@@ -47,6 +52,10 @@ class BFloat16Linear(LowPrecisionLinear):
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(torch.bfloat16), self.stored, self.bias)
+
+    def product_for(self, rows: int):
+        packed = packed_product(self.stored, self.bias, rows)
+        return self.product if packed is None else lambda x: packed(x.to(torch.bfloat16))
 
 
 class Int8Linear(LowPrecisionLinear):
