@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from picolm.config import ModelConfig
+from picolm.models.linear import Linear
 from picolm.models.linear_attention import LinearAttention
 from picolm.models.position import apply_rotary
 
@@ -44,8 +45,8 @@ class SoftmaxAttention(nn.Module):
         self.n_head = config.n_head
         self.causal = config.causal
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
 
     def new_cache(self, batch_size: int, capacity: int, like: torch.Tensor) -> LayerCache:
         return LayerCache(like.new_empty(capacity, batch_size, 3 * self.qkv.in_features), self.n_head)

@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from picolm.config import ModelConfig
 from picolm.models.attention import LayerCache, build_attention
 from picolm.models.lean_step import LeanStep
+from picolm.models.linear import Linear
 from picolm.models.linear_cross_entropy import linear_cross_entropy, linear_log_probs
 from picolm.models.position import LearnedPosition, build_position
 
@@ -51,8 +52,8 @@ class DecodeCache(list):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
@@ -64,8 +65,8 @@ class SwiGLU(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64)
-        self.gate_up = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
-        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.gate_up = Linear(config.n_embd, 2 * hidden, bias=config.bias)
+        self.proj = Linear(hidden, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -98,7 +99,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = build_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
         self.grad_checkpointing = False

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from picolm.models.linear import packed_product
 from picolm.models.low_precision import LowPrecisionLinear
-from picolm.models.packed_product import packed_product
 
 
 def projection(linear: nn.Module, rows: int):
@@ -25,7 +25,7 @@ def projection(linear: nn.Module, rows: int):
     if isinstance(linear, LowPrecisionLinear):
         product = linear.product_for(rows)
         return product, lambda x, out: out.copy_(product(x))
-    if type(linear) is not nn.Linear:
+    if not isinstance(linear, nn.Linear):
         return linear, lambda x, out: out.copy_(linear(x))
     weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
     product = packed_product(weight, bias, rows)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from picolm.config import ModelConfig
+from picolm.models.linear import Linear
 from picolm.models.position import apply_rotary
 
 EPS = 1e-6
@@ -99,8 +100,8 @@ class LinearAttention(nn.Module):
         self.causal = config.causal
         self.chunk_size = config.chunk_size
         self.feature_map = FEATURE_MAPS[config.feature_map]
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
 
     def new_cache(self, batch_size: int, capacity: int, like: torch.Tensor) -> RecurrentState:
         """The recurrent state: its size does not depend on `capacity`."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from picolm.config import WEIGHT_DTYPES
-from picolm.models.packed_product import packed_product
+from picolm.models.linear import packed_product
 
 INT8_KERNEL_WIDTH = 16  # _weight_int8pack_mm crashes on CPU for input widths that are not a multiple of this
 

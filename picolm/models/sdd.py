@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from picolm.config import ModelConfig
 from picolm.errors import PicolmError
 from picolm.models.gpt import GPT, build_norm
+from picolm.models.linear import Linear
 from picolm.models.position import apply_rotary
 
 
@@ -44,9 +45,9 @@ class CandidateAttention(nn.Module):
         self.n_head, self.dropout = config.n_head, config.dropout
         self.ln_query = build_norm(config)
         self.ln_candidate = build_norm(config)
-        self.query = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.key_value = nn.Linear(config.n_embd, 2 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.query = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.key_value = Linear(config.n_embd, 2 * config.n_embd, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor, candidates: torch.Tensor, bias: torch.Tensor, rotary=None,
                 candidate_rotary=None) -> torch.Tensor:
@@ -67,9 +68,9 @@ class CandidateReadout(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.query = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.key = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.value = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.query = Linear(config.n_embd, config.n_embd, bias=False)
+        self.key = Linear(config.n_embd, config.n_embd, bias=False)
+        self.value = Linear(config.n_embd, config.n_embd, bias=config.bias)
 
     def weights(self, h: torch.Tensor, embeddings: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
         scores = torch.einsum("blc,blkc->blk", self.query(h), self.key(embeddings)) / math.sqrt(h.shape[-1])

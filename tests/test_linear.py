@@ -1,0 +1,85 @@
+"""`picolm.models.linear.Linear`: nn.Linear's values and gradients, by oneDNN where it applies and by `F.linear`
+everywhere else."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from picolm.models.linear import Linear
+
+ONEDNN = "mkldnn._linear_pointwise"
+
+
+class OperationNames(TorchDispatchMode):
+    def __enter__(self):
+        self.names = set()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(f"{func.namespace}.{func.__name__.split('.')[0]}")
+        return func(*args, **(kwargs or {}))
+
+
+def inputs(shape, contiguous=True):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    return x if contiguous else x.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+CASES = {  # input shape, bias, a contiguous input
+    "rows": ((7, 16), True, True),
+    "a batch of sequences": ((2, 5, 16), True, True),
+    "no bias": ((2, 5, 16), False, True),
+    "a transposed input": ((16, 16), True, False),
+    "no rows": ((0, 16), True, True),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_values_and_gradients_are_nn_linear_ones(case):
+    shape, bias, contiguous = CASES[case]
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    torch.manual_seed(0)
+    layer = Linear(16, 12, bias=bias)
+    x = inputs(shape, contiguous).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    with OperationNames() as operations:
+        y = layer(x)
+    assert ONEDNN in operations.names
+    y_ref = F.linear(x_ref, layer.weight, layer.bias)
+    torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=1e-5)
+    grad = torch.randn_like(y)
+    expected = torch.autograd.grad(y_ref, [x_ref, layer.weight, *([layer.bias] if bias else [])], grad)
+    got = torch.autograd.grad(y, [x, layer.weight, *([layer.bias] if bias else [])], grad)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+ELSEWHERE = {  # why F.linear takes the product: how to get there
+    "float64": lambda layer, x: (layer.double(), x.double()),
+    "bfloat16 autocast": lambda layer, x: (layer, x),
+    "no oneDNN": lambda layer, x: (layer, x),
+}
+
+
+@pytest.mark.parametrize("where", ELSEWHERE)
+def test_elsewhere_the_product_is_f_linear(where, monkeypatch):
+    torch.manual_seed(0)
+    layer, x = ELSEWHERE[where](Linear(16, 12), inputs((3, 16)))
+    if where == "no oneDNN":
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with OperationNames() as operations, torch.autocast("cpu", torch.bfloat16, enabled=where == "bfloat16 autocast"):
+        y = layer(x)
+        expected = F.linear(x, layer.weight, layer.bias)
+    assert ONEDNN not in operations.names
+    assert y.dtype == expected.dtype
+    torch.testing.assert_close(y, expected, atol=0, rtol=0)
+
+
+def test_parameters_that_do_not_train_get_no_gradient():
+    layer = Linear(16, 12).requires_grad_(False)
+    x = inputs((3, 16)).requires_grad_()
+    layer(x).sum().backward()
+    assert layer.weight.grad is None and layer.bias.grad is None
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(3, 16))
