@@ -9,7 +9,7 @@ at worst halve a process's throughput ("proportional"); threads spinning against
     python benchmarks/busy_machine.py [--settings default,1,GOMP_SPINCOUNT=300000] [--rounds 3] [--steps 8]
 
 A setting is `default` (picolm's own: torch's thread count, the cores, and OpenMP's waiting threads asleep, as
-picolm/__init__.py sets them), a thread count (torch.set_num_threads), or NAME=VALUE, an environment variable the
+picolm's training verbs set them), a thread count (torch.set_num_threads), or NAME=VALUE, an environment variable the
 process starts with. GOMP_SPINCOUNT=300000 restores what torch does without picolm: each waiting thread spins
 300,000 times (about 3 ms) before it sleeps.
 """
@@ -24,7 +24,9 @@ import subprocess
 import sys
 import time
 
-import picolm  # noqa: F401  before torch, as in picolm's own commands: its OpenMP setting applies
+from picolm.cli.common import threads_sleep_when_waiting
+
+threads_sleep_when_waiting()  # before torch is imported, as picolm's training verbs do
 
 WARMUP_STEPS = 3
 

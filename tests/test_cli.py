@@ -1,5 +1,6 @@
 """The command line as users and scripts see it: verbs, help, outputs, exit codes and one-line errors."""
 
+import argparse
 import json
 import signal
 import subprocess
@@ -213,3 +214,38 @@ def test_sampling_options_come_from_their_dataclass(capsys):
     text = "".join(capsys.readouterr().out.split())
     for f in dataclasses.fields(SamplingOptions):
         assert "--" + f.name.replace("_", "-") in text and "".join(f.metadata["help"].split()) in text
+
+
+TRAINING_VERBS = {"train", "compare", "pipeline", "quickstart"}
+
+
+def verb_defaults() -> dict[str, dict]:
+    """Every verb of the real parser, with the defaults it sets (`run`, `trains`, ...)."""
+    from picolm import cli
+
+    verbs = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: sub._defaults for name, sub in verbs.choices.items()}
+
+
+@pytest.mark.parametrize("verb", sorted(verb_defaults()))
+def test_threads_sleep_when_waiting_for_the_verbs_that_train_only(verb, monkeypatch):
+    """Sleeping OpenMP threads share a busy machine well but made decoding 2.5-3x slower (docs/BENCHMARKS.md)."""
+    from picolm import cli
+
+    environment, seen = {}, []
+    monkeypatch.setattr(cli.common.os, "environ", environment)
+    args = argparse.Namespace(verb=verb, debug=False, settings={},
+                              **{**verb_defaults()[verb], "run": lambda args: seen.append(dict(environment)) or 0})
+    monkeypatch.setattr(cli, "parse", lambda root, argv: args)
+    assert main([verb]) == 0
+    assert seen == [{"OMP_WAIT_POLICY": "PASSIVE"} if verb in TRAINING_VERBS else {}]
+    environment["OMP_WAIT_POLICY"] = "ACTIVE"  # a value the user set is kept
+    main([verb])
+    assert seen[-1] == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_the_command_line_is_parsed_before_torch_is_imported():
+    """What lets `main` set how OpenMP threads wait before torch reads it."""
+    code = "import sys, picolm.cli as c; c.parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

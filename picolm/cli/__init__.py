@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from picolm.cli import analyze, chat, compare, eval, export, generate, pipeline, plot, prepare, quickstart, train
-from picolm.cli.common import Formatter, Parser, split_settings
+from picolm.cli.common import Formatter, Parser, split_settings, threads_sleep_when_waiting
 from picolm.errors import PicolmError
 
 VERBS = (prepare, train, eval, generate, compare, plot, analyze, chat, export, pipeline, quickstart)
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         root.print_help()
         return 0
+    if getattr(args, "trains", False):  # before the verb imports torch
+        threads_sleep_when_waiting()
     try:
         return args.run(args)
     except PicolmError as exc:

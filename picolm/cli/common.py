@@ -16,6 +16,15 @@ from picolm.config import MAX_INT, Range, real, whole
 from picolm.errors import PicolmError
 
 
+def threads_sleep_when_waiting() -> None:
+    """OpenMP threads that wait sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE`, unless the environment already
+    says how they wait), for the verbs that train: beside another busy process, GNU OpenMP's threads (torch's) spin
+    300,000 times before they sleep and slowed training far beyond the share of the cores lost. Decoding keeps the
+    spin: its many small parallel operations ran 2.5-3x slower with sleeping threads (docs/BENCHMARKS.md, "Training
+    on a busy machine"). libgomp reads this once, when torch is imported: call it before; waiting changes no result."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose epilog may be a function, called only when the help is shown (it may import torch,
     which `picolm --help` and the tiny CPU runs should not wait for); its errors are one line."""

@@ -27,7 +27,7 @@ def register(verbs) -> None:
                    help="output folder (default: compare, or runs/compare-NAME for a recipe)")
     p.add_argument("--data", default=None, help="recipe: an already prepared data directory to use instead")
     p.add_argument("--device", default="auto", help="recipe: where to train and evaluate")
-    p.set_defaults(run=run, takes_settings=True)
+    p.set_defaults(run=run, takes_settings=True, trains=True)
 
 
 def run(args) -> int:

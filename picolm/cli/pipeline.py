@@ -34,7 +34,7 @@ def register(verbs) -> None:
     p.add_argument("--hub-dir", default=None, help="local copies of hub datasets (as `picolm prepare --hub-dir`)")
     p.add_argument("--samples", type=count(1, 100_000, "prompts"), default=None,
                    help="held-out prompts to sample per model for the report (default: the recipe's)")
-    p.set_defaults(run=run, takes_settings=True)
+    p.set_defaults(run=run, takes_settings=True, trains=True)
 
 
 def run(args) -> int:

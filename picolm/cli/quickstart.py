@@ -31,7 +31,7 @@ def register(verbs) -> None:
     _stage_options(p, "dpo", "DPO", steps["dpo"])
     p.add_argument("--samples", type=count(1, 100_000, "prompts"), default=None,
                    help="held-out prompts to sample per model for the report (default: the recipe's 96)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, trains=True)
 
 
 def recipe_steps() -> dict[str, int]:

@@ -36,7 +36,7 @@ def register(verbs) -> None:
                                                               "e.g. gpt_rope-stories-tiny-v2)")
     p.add_argument("--dry-run", action="store_true", help="print parameters, memory per process and tokens per step, "
                                                          "then stop before anything is allocated")
-    p.set_defaults(run=run, takes_settings=True)
+    p.set_defaults(run=run, takes_settings=True, trains=True)
 
 
 def train_config(args, settings: dict[str, str]):
