@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from picolm.models import linear
 from picolm.models.linear import Linear
 
 ONEDNN = "mkldnn._linear_pointwise"
@@ -60,6 +61,7 @@ ELSEWHERE = {  # why F.linear takes the product: how to get there
     "float64": lambda layer, x: (layer.double(), x.double()),
     "bfloat16 autocast": lambda layer, x: (layer, x),
     "no oneDNN": lambda layer, x: (layer, x),
+    "a PyTorch without the oneDNN operations": lambda layer, x: (layer, x),
 }
 
 
@@ -69,6 +71,9 @@ def test_elsewhere_the_product_is_f_linear(where, monkeypatch):
     layer, x = ELSEWHERE[where](Linear(16, 12), inputs((3, 16)))
     if where == "no oneDNN":
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    if where == "a PyTorch without the oneDNN operations":
+        monkeypatch.setattr(linear, "HAS_ONEDNN_LINEAR", False)
+        assert linear.packed_product(layer.weight, layer.bias, 1) is None
     with OperationNames() as operations, torch.autocast("cpu", torch.bfloat16, enabled=where == "bfloat16 autocast"):
         y = layer(x)
         expected = F.linear(x, layer.weight, layer.bias)

@@ -16,12 +16,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# private operations (inductor's), so looked up rather than assumed: a PyTorch without them multiplies as nn.Linear
+HAS_ONEDNN_LINEAR = all(hasattr(torch.ops.mkldnn, name) for name in ("_linear_pointwise", "_reorder_linear_weight"))
+
+
+def onednn_available() -> bool:
+    return HAS_ONEDNN_LINEAR and torch.backends.mkldnn.is_available()
+
+
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN takes this product: float32 on a CPU with oneDNN, outside CPU autocast (whose bfloat16 casts
     belong to `F.linear`) and torch.compile (which packs products its own way)."""
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and onednn_available()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -58,8 +65,7 @@ def packed_product(weight: torch.Tensor, bias: torch.Tensor | None,
                    rows: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """x (N, in) -> x W^T + b by `weight` (out, in) packed for products of about `rows` rows, in the weight's dtype;
     None where there is no packed form (off the CPU, a PyTorch without oneDNN, another dtype)."""
-    if not (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
-            and torch.backends.mkldnn.is_available()):
+    if not (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16) and onednn_available()):
         return None
     # packed for a single row, oneDNN picks a layout that ran slower here than for two: never fewer than two
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(rows, 2))
