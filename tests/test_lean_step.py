@@ -6,6 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from picolm.config import ModelConfig
+from picolm.models import linear
 from picolm.models.gpt import GPT
 from picolm.models.low_precision import (
     INT8_KERNEL_WIDTH,
@@ -61,6 +62,8 @@ def products(request, monkeypatch):
         pytest.skip("this PyTorch has no oneDNN")
     if request.param == "transposed":
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    else:  # these small models' products would not be worth packing
+        monkeypatch.setattr(linear, "worth_packing", lambda weight, rows: True)
     return PRODUCTS[request.param]
 
 
@@ -204,3 +207,15 @@ def test_float32_leaves_the_model_as_it_is():
     before = {name: p.clone() for name, p in model.state_dict().items()}
     assert with_weights_in(model, "float32") is model
     assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
+
+
+@pytest.mark.parametrize("shape, rows, packed", [
+    ((512, 128), 1, False), ((768, 256), 1, False), ((1536, 384), 1, True), ((3072, 768), 1, True),
+    ((128, 128), 8, False), ((256, 256), 8, False), ((384, 384), 8, True), ((768, 256), 2, True)])
+def test_float32_products_are_packed_where_that_was_measured_faster(shape, rows, packed):
+    """oneDNN's calls cost more than MKL's and its products less (docs/BENCHMARKS.md): small products stay MKL's."""
+    weight = torch.zeros(shape)
+    assert linear.worth_packing(weight, rows) == packed
+    if torch.backends.mkldnn.is_available():
+        assert (linear.packed_product(weight, None, rows) is not None) == packed
+        assert linear.packed_product(weight.bfloat16(), None, rows) is not None  # bfloat16 always: F.linear's is slower

@@ -37,10 +37,11 @@ CASES = {  # input shape, bias, a contiguous input
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_values_and_gradients_are_nn_linear_ones(case):
+def test_values_and_gradients_are_nn_linear_ones(case, monkeypatch):
     shape, bias, contiguous = CASES[case]
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this PyTorch has no oneDNN")
+    monkeypatch.setattr(linear, "ONEDNN_FROM", 0)  # oneDNN's products however small, as a training batch's
     torch.manual_seed(0)
     layer = Linear(16, 12, bias=bias)
     x = inputs(shape, contiguous).requires_grad_()
@@ -58,6 +59,7 @@ def test_values_and_gradients_are_nn_linear_ones(case):
 
 
 ELSEWHERE = {  # why F.linear takes the product: how to get there
+    "a product too small to pay for oneDNN's call": lambda layer, x: (layer, x),
     "float64": lambda layer, x: (layer.double(), x.double()),
     "bfloat16 autocast": lambda layer, x: (layer, x),
     "no oneDNN": lambda layer, x: (layer, x),
@@ -69,6 +71,8 @@ ELSEWHERE = {  # why F.linear takes the product: how to get there
 def test_elsewhere_the_product_is_f_linear(where, monkeypatch):
     torch.manual_seed(0)
     layer, x = ELSEWHERE[where](Linear(16, 12), inputs((3, 16)))
+    if where != "a product too small to pay for oneDNN's call":
+        monkeypatch.setattr(linear, "ONEDNN_FROM", 0)
     if where == "no oneDNN":
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     if where == "a PyTorch without the oneDNN operations":
@@ -82,7 +86,15 @@ def test_elsewhere_the_product_is_f_linear(where, monkeypatch):
     torch.testing.assert_close(y, expected, atol=0, rtol=0)
 
 
-def test_parameters_that_do_not_train_get_no_gradient():
+def test_a_training_batch_is_big_enough_for_onednn():
+    layer, x = Linear(128, 512), inputs((12, 64, 128))  # the tiny preset's first MLP product, batch 12 x 64 tokens
+    with OperationNames() as operations:
+        layer(x)
+    assert (ONEDNN in operations.names) == torch.backends.mkldnn.is_available()
+
+
+def test_parameters_that_do_not_train_get_no_gradient(monkeypatch):
+    monkeypatch.setattr(linear, "ONEDNN_FROM", 0)
     layer = Linear(16, 12).requires_grad_(False)
     x = inputs((3, 16)).requires_grad_()
     layer(x).sum().backward()
