@@ -43,25 +43,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def linear_products(model, tokens: int, packed: bool = False):
-    """A function that runs the blocks' matrix-vector products (every linear layer but the head, float32) for
-    `tokens` tokens and nothing else: the arithmetic ceiling of batch-1 decoding. By MKL on pre-transposed weights
-    (the ceiling issue 17 sets its targets against), or `packed`, by oneDNN on weights packed as picolm's decoding
-    step packs them."""
-    from picolm.models.linear import packed_product
-
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
-    if packed:
-        layers = [(packed_product(m.weight, m.bias, 1), torch.zeros(1, m.in_features)) for m in linears]
-    else:
-        layers = [((lambda x, w=m.weight.t().contiguous(), b=m.bias: torch.mm(x, w) if b is None
-                    else torch.addmm(b, x, w)), torch.zeros(1, m.in_features)) for m in linears]
+def linear_products(model, tokens: int):
+    """A function that runs the blocks' matrix-vector products (every linear layer but the head, float32, weights
+    pre-transposed) for `tokens` tokens and nothing else: the arithmetic ceiling of batch-1 decoding."""
+    layers = [(m.weight.t().contiguous(), m.bias, torch.zeros(1, m.in_features)) for m in model.modules()
+              if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
 
     def products() -> None:
         with torch.inference_mode():
             for _ in range(tokens):
-                for product, x in layers:
-                    product(x)
+                for weight, bias, x in layers:
+                    torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
 
     return products
 

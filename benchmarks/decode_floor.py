@@ -3,8 +3,7 @@ pre-transposed, keys stored transposed, no modules, no masks, about 20 tensor op
 `generate_ids` and `transformers` `generate`, all on the same weights (L4 H4 d256, vocabulary 512), 200 greedy
 tokens after a 16-token prompt; the 16 matrix-vector products of one token timed alone as the arithmetic part, and
 each decoder's rate as a share of that ceiling (the figure issue 17 sets targets in: ratios to `transformers` move
-between machines of this kind, the share does not). The same products by oneDNN on packed weights, as picolm's step
-makes them, are timed too: picolm's share of that stricter ceiling is printed last.
+between machines of this kind, the share does not).
 
 The hand loop is the floor for any eager-PyTorch decoder of this model: what it leaves above the 16 products is
 per-op dispatch. It is a measurement, not a picolm code path.
@@ -90,11 +89,9 @@ def main() -> None:
     for name, fn in contenders.items():
         if fn() != reference:
             raise SystemExit(f"{name} disagrees with transformers on the greedy continuation")
-    products = {"16 products alone": linear_products(model, NEW_TOKENS),  # timed as one call of 200 tokens
-                "16 packed products": linear_products(model, NEW_TOKENS, packed=True)}
+    products = {"16 products alone": linear_products(model, NEW_TOKENS)}  # timed as one call of 200 tokens
     times = interleaved({**contenders, **products}, rounds=args.rounds, repeats=1)
     ceiling = NEW_TOKENS / median(times.pop("16 products alone"))  # tokens/s if a token cost its products alone
-    packed_ceiling = NEW_TOKENS / median(times.pop("16 packed products"))
     peer_rate = NEW_TOKENS / median(times["transformers generate"])
     print(f"L4 H4 d256, vocabulary 512, batch 1, {NEW_TOKENS} greedy tokens; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
@@ -104,10 +101,6 @@ def main() -> None:
               f"{rate / ceiling:4.2f} of the ceiling")
     print(f"{'16 products alone':22s} {ceiling:6.0f} tok/s  {1e3 / ceiling:5.2f} ms/token  "
           f"{ceiling / peer_rate:4.1f}x transformers  (the arithmetic ceiling)")
-    ours = NEW_TOKENS / median(times["picolm generate_ids"])
-    print(f"{'16 packed products':22s} {packed_ceiling:6.0f} tok/s  {1e3 / packed_ceiling:5.2f} ms/token  "
-          f"{packed_ceiling / peer_rate:4.1f}x transformers  (by oneDNN, as picolm's step multiplies: picolm at "
-          f"{ours / packed_ceiling:.2f} of it)")
 
 
 if __name__ == "__main__":
