@@ -29,8 +29,8 @@ def onednn_available() -> bool:
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN takes this product: float32 on a CPU with oneDNN, outside CPU autocast (whose bfloat16 casts
     belong to `F.linear`) and torch.compile (which packs products its own way), and big enough to pay for the call."""
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and onednn_available()
-            and x.numel() // max(x.shape[-1], 1) * weight.numel() >= ONEDNN_FROM
+    return (x.numel() // max(x.shape[-1], 1) * weight.numel() >= ONEDNN_FROM  # first: most calls stop here
+            and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and onednn_available()
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
