@@ -3,7 +3,6 @@ model can have, batch 1 and left-padded batches; and weight-only low precision a
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from picolm.config import ModelConfig
 from picolm.models import linear
@@ -15,6 +14,7 @@ from picolm.models.low_precision import (
     with_weights_in,
 )
 from picolm.models.masks import padding_mask
+from operations import OperationCount
 
 ARCHITECTURES = [
     dict(position="learned"),
@@ -99,19 +99,6 @@ def test_left_padded_rows_step_as_they_would_alone(architecture):
         for row in range(3):
             alone = step_by_step(model, tokens[row:row + 1, pad[row]:], 8 - int(pad[row]), lean=True)
             torch.testing.assert_close(batch[row], alone[0], atol=1e-4, rtol=1e-4)
-
-
-class OperationCount(TorchDispatchMode):
-    """How many tensor operations run inside the `with` block."""
-
-    def __enter__(self):
-        self.count, self.names = 0, set()
-        return super().__enter__()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        self.names.add(f"{func.namespace}.{func.__name__.split('.')[0]}")
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("position, per_layer", [("learned", 16), ("rope", 20)])

@@ -4,22 +4,12 @@ everywhere else."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from picolm.models import linear
 from picolm.models.linear import Linear
+from operations import OperationCount
 
 ONEDNN = "mkldnn._linear_pointwise"
-
-
-class OperationNames(TorchDispatchMode):
-    def __enter__(self):
-        self.names = set()
-        return super().__enter__()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(f"{func.namespace}.{func.__name__.split('.')[0]}")
-        return func(*args, **(kwargs or {}))
 
 
 def inputs(shape, contiguous=True):
@@ -46,7 +36,7 @@ def test_values_and_gradients_are_nn_linear_ones(case, monkeypatch):
     layer = Linear(16, 12, bias=bias)
     x = inputs(shape, contiguous).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
-    with OperationNames() as operations:
+    with OperationCount() as operations:
         y = layer(x)
     assert ONEDNN in operations.names
     y_ref = F.linear(x_ref, layer.weight, layer.bias)
@@ -78,7 +68,7 @@ def test_elsewhere_the_product_is_f_linear(where, monkeypatch):
     if where == "a PyTorch without the oneDNN operations":
         monkeypatch.setattr(linear, "HAS_ONEDNN_LINEAR", False)
         assert linear.packed_product(layer.weight, layer.bias, 1) is None
-    with OperationNames() as operations, torch.autocast("cpu", torch.bfloat16, enabled=where == "bfloat16 autocast"):
+    with OperationCount() as operations, torch.autocast("cpu", torch.bfloat16, enabled=where == "bfloat16 autocast"):
         y = layer(x)
         expected = F.linear(x, layer.weight, layer.bias)
     assert ONEDNN not in operations.names
@@ -88,7 +78,7 @@ def test_elsewhere_the_product_is_f_linear(where, monkeypatch):
 
 def test_a_training_batch_is_big_enough_for_onednn():
     layer, x = Linear(128, 512), inputs((12, 64, 128))  # the tiny preset's first MLP product, batch 12 x 64 tokens
-    with OperationNames() as operations:
+    with OperationCount() as operations:
         layer(x)
     assert (ONEDNN in operations.names) == torch.backends.mkldnn.is_available()
 
